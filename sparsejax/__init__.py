@@ -1,0 +1,17 @@
+"""sparsejax: sparse training and lottery tickets in JAX.
+
+Sparsity is data: masks are pytrees shaped like the params, every algorithm is a pure function or
+an optax transformation over (params, masks, step).
+"""
+
+from sparsejax import distributions
+from sparsejax import masks
+from sparsejax import pruning
+from sparsejax import schedules
+from sparsejax import scores
+from sparsejax import selection
+from sparsejax import transforms
+
+__version__ = "0.1.0"
+
+__all__ = ["distributions", "masks", "pruning", "schedules", "scores", "selection", "transforms"]

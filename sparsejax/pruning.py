@@ -1,0 +1,105 @@
+"""Scores + densities (+ current masks) -> new masks that keep exactly the requested counts.
+
+Layerwise pruning keeps ``round(density_l * n_l)`` weights of each prunable leaf; global pruning
+keeps ``round((1 - s) N)`` weights over all of them. Already-pruned weights are never revived
+unless ``revive=True`` (if a layer is asked to keep more than it has alive, it keeps all of them).
+Ties are broken deterministically (lowest flat index first, leaves in tree order). Everything
+works inside ``jit`` with traced densities or sparsities; the selection counts instead of
+sorting (:mod:`sparsejax.selection`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from sparsejax import distributions
+from sparsejax import masks as masks_lib
+from sparsejax import scores as scores_lib
+from sparsejax import selection
+
+PyTree = Any
+
+
+def _split(tree: PyTree, masks: PyTree):
+  leaves = jax.tree.leaves(tree)
+  mask_leaves, treedef = jax.tree.flatten(masks)
+  idx = [i for i, m in enumerate(mask_leaves) if masks_lib.is_prunable_mask(m)]
+  return leaves, mask_leaves, treedef, idx
+
+
+def _keys(score_leaves, mask_leaves, idx, revive):
+  return [selection.order_keys(score_leaves[i], None if revive else mask_leaves[i]) for i in idx]
+
+
+def _merge(mask_leaves, idx, kept, treedef) -> PyTree:
+  out = list(mask_leaves)
+  for i, m in zip(idx, kept):
+    out[i] = m
+  return jax.tree.unflatten(treedef, out)
+
+
+def layerwise(scores: PyTree, densities: PyTree, masks: PyTree, *, revive: bool = False) -> PyTree:
+  """Keeps the top ``round(density * size)`` scores of every prunable leaf of ``masks``."""
+  masks_lib.validate(scores, masks)
+  distributions.validate_densities(scores, densities)
+  score_leaves, mask_leaves, treedef, idx = _split(scores, masks)
+  density_leaves = jax.tree.leaves(densities)
+  ks = []
+  for i in idx:
+    k = jnp.round(jnp.asarray(density_leaves[i], jnp.float32) * mask_leaves[i].size)
+    k = k.astype(jnp.int32)
+    ks.append(k if revive else jnp.minimum(k, jnp.sum(mask_leaves[i], dtype=jnp.int32)))
+  kept = selection.top_k_masks_each(_keys(score_leaves, mask_leaves, idx, revive), ks)
+  return _merge(mask_leaves, idx, kept, treedef)
+
+
+def global_(scores: PyTree, sparsity: Any, masks: PyTree, *, revive: bool = False) -> PyTree:
+  """Keeps the top ``round((1 - sparsity) * N)`` scores over all prunable leaves together."""
+  masks_lib.check_sparsity(sparsity)
+  masks_lib.validate(scores, masks)
+  score_leaves, mask_leaves, treedef, idx = _split(scores, masks)
+  total = sum(mask_leaves[i].size for i in idx)
+  k = jnp.round((1.0 - jnp.asarray(sparsity, jnp.float32)) * total).astype(jnp.int32)
+  if not revive:
+    k = jnp.minimum(k, sum(jnp.sum(mask_leaves[i], dtype=jnp.int32) for i in idx))
+  kept = selection.top_k_masks(_keys(score_leaves, mask_leaves, idx, revive), k)
+  return _merge(mask_leaves, idx, kept, treedef)
+
+
+def prune(scores: PyTree, sparsity: Any, masks: PyTree, distribution: str = "uniform", *,
+          revive: bool = False, params: PyTree | None = None) -> PyTree:
+  """Masks at ``sparsity`` with ``distribution`` in {'uniform', 'er', 'erk', 'global'}.
+
+  The layerwise densities are computed from the shapes of ``params`` (default: of ``scores``)
+  over the prunable leaves of ``masks``.
+  """
+  if distribution == "global":
+    return global_(scores, sparsity, masks, revive=revive)
+  shapes = scores if params is None else params
+  selected = {jax.tree_util.keystr(p) for p, m in jax.tree_util.tree_leaves_with_path(masks)
+              if masks_lib.is_prunable_mask(m)}
+  densities = distributions.get(distribution)(shapes, sparsity, lambda path, _: path in selected)
+  return layerwise(scores, densities, masks, revive=revive)
+
+
+def magnitude(params: PyTree, sparsity: Any, masks: PyTree, distribution: str = "uniform", *,
+              revive: bool = False) -> PyTree:
+  """Magnitude pruning of ``params`` to ``sparsity`` (pruned weights stay pruned)."""
+  return prune(scores_lib.magnitude(params), sparsity, masks, distribution, revive=revive)
+
+
+def random(key: jax.Array, params: PyTree, sparsity: Any, distribution: str = "erk",
+           prunable: masks_lib.Prunable = None) -> PyTree:
+  """Random pruning at initialization with layerwise densities (Liu et al. 2022)."""
+  masks = masks_lib.ones_like(params, prunable)
+  return prune(scores_lib.random(key, params), sparsity, masks, distribution, params=params)
+
+
+def snip(params: PyTree, grads: PyTree, sparsity: Any, distribution: str = "global",
+         prunable: masks_lib.Prunable = None) -> PyTree:
+  """SNIP: one-shot pruning at initialization by |g * w| (Lee et al. 2019)."""
+  masks = masks_lib.ones_like(params, prunable)
+  return prune(scores_lib.snip(params, grads), sparsity, masks, distribution, params=params)

@@ -1,0 +1,109 @@
+"""Sparsity over training steps.
+
+A schedule is a pair of jit-friendly functions of the step: ``schedule(step)`` is the target
+sparsity in force at that step, and ``schedule.is_update_step(step)`` says whether masks are
+recomputed at that step. Both accept Python ints and traced int arrays.
+
+* :func:`polynomial`: gradual magnitude pruning, Zhu & Gupta 2017 ("To prune, or not to prune"),
+  eq. 1: s_t = s_f + (s_i - s_f) (1 - (t - t0) / (n dt))^3 for t in {t0, t0 + dt, ..., t0 + n dt}.
+  Between pruning steps the sparsity of the last pruning step holds; after the end it is s_f.
+* :func:`one_shot`: sparsity s from one step on (pruning at initialization: step 0).
+* :func:`imp_density` / :func:`imp_sparsities`: iterative magnitude pruning removes a fraction p of
+  the surviving weights per level, so the density after level L is (1 - p)^L (Frankle & Carbin 2019).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+
+from sparsejax.masks import check_sparsity
+
+
+def _check_step(name: str, value) -> int:
+  if not isinstance(value, (int,)) or isinstance(value, bool) or value < 0:
+    raise ValueError(f"{name}={value!r} must be a non-negative integer step.")
+  return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Polynomial:
+  """Zhu & Gupta's polynomial schedule; build it with :func:`polynomial`."""
+  final_sparsity: float
+  begin_step: int
+  end_step: int
+  frequency: int
+  initial_sparsity: float = 0.0
+  power: float = 3.0
+
+  def _last_update_step(self, step):
+    step = jnp.asarray(step)
+    t = jnp.clip(step, self.begin_step, self.end_step)
+    last = self.begin_step + (t - self.begin_step) // self.frequency * self.frequency
+    return jnp.where(step >= self.end_step, self.end_step, last)
+
+  def __call__(self, step):
+    progress = (self._last_update_step(step) - self.begin_step) / (self.end_step - self.begin_step)
+    s = self.final_sparsity + (self.initial_sparsity - self.final_sparsity) * (
+        1.0 - progress) ** self.power
+    return jnp.where(jnp.asarray(step) < self.begin_step, self.initial_sparsity, s).astype(
+        jnp.float32)
+
+  def is_update_step(self, step):
+    step = jnp.asarray(step)
+    on_grid = (step - self.begin_step) % self.frequency == 0
+    inside = (step >= self.begin_step) & (step <= self.end_step)
+    return inside & (on_grid | (step == self.end_step))
+
+
+def polynomial(final_sparsity: float, begin_step: int, end_step: int, frequency: int,
+               initial_sparsity: float = 0.0, power: float = 3) -> Polynomial:
+  """Gradual pruning from ``initial_sparsity`` at ``begin_step`` to ``final_sparsity`` at ``end_step``.
+
+  Masks are recomputed every ``frequency`` steps from ``begin_step`` on, and at ``end_step``
+  (so the final sparsity is reached even when ``end_step - begin_step`` is not a multiple of
+  ``frequency``). With n dt = end_step - begin_step the values equal Zhu & Gupta's eq. 1.
+  """
+  check_sparsity(final_sparsity, "final_sparsity")
+  check_sparsity(initial_sparsity, "initial_sparsity")
+  _check_step("begin_step", begin_step)
+  _check_step("end_step", end_step)
+  if end_step <= begin_step:
+    raise ValueError(f"end_step={end_step} must be greater than begin_step={begin_step}.")
+  if not isinstance(frequency, int) or frequency <= 0:
+    raise ValueError(f"frequency={frequency!r} must be a positive integer number of steps.")
+  if power <= 0:
+    raise ValueError(f"power={power!r} must be positive (Zhu & Gupta use 3).")
+  return Polynomial(float(final_sparsity), begin_step, end_step, frequency,
+                    float(initial_sparsity), float(power))
+
+
+@dataclasses.dataclass(frozen=True)
+class OneShot:
+  """Sparsity ``sparsity`` from ``step`` on, with one mask update at ``step``."""
+  sparsity: float
+  step: int = 0
+
+  def __call__(self, step):
+    return jnp.where(jnp.asarray(step) >= self.step, self.sparsity, 0.0).astype(jnp.float32)
+
+  def is_update_step(self, step):
+    return jnp.asarray(step) == self.step
+
+
+def one_shot(sparsity: float, step: int = 0) -> OneShot:
+  check_sparsity(sparsity)
+  return OneShot(float(sparsity), _check_step("step", step))
+
+
+def imp_density(level: int, prune_fraction: float) -> float:
+  """Fraction of prunable weights remaining after ``level`` IMP levels: (1 - p)^level."""
+  check_sparsity(prune_fraction, "prune_fraction")
+  _check_step("level", level)
+  return (1.0 - prune_fraction) ** level
+
+
+def imp_sparsities(prune_fraction: float, levels: int) -> list[float]:
+  """Target sparsity of levels 0..levels (level 0 is dense)."""
+  return [1.0 - imp_density(level, prune_fraction) for level in range(levels + 1)]

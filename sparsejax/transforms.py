@@ -1,0 +1,204 @@
+"""Sparse optimizers as optax gradient transformations that wrap any optax optimizer.
+
+The wrapper carries the masks in its state, so they are arrays passed into the jitted step
+(changing them never recompiles), and enforces two invariants under any inner optimizer
+(momentum, Nesterov, Adam, decoupled weight decay, clipping):
+
+1. gradients of pruned weights are zeroed before the inner optimizer sees them, so they never
+   reach its state (and on a mask update the inner state of newly pruned weights is zeroed);
+2. after ``optax.apply_updates`` every pruned weight is exactly ``0.0``: the update of a pruned
+   weight is ``-w`` and ``w + (-w) == 0.0`` in IEEE arithmetic.
+
+Put the sparse wrapper outermost (wrap the whole ``optax.chain``), so nothing after it touches the
+updates of pruned weights.
+
+* :func:`static_masks`: fixed masks (random pruning at init, SNIP, lottery tickets).
+* :func:`scheduled_pruning`: masks recomputed inside ``jit`` on a schedule's steps (``lax.cond``;
+  no recompilation, no host round trip): *when* (a schedule), *what* (a scorer) and *where* (a
+  distribution) are its three arguments.
+* :func:`magnitude_pruning`: gradual magnitude pruning (Zhu & Gupta 2017) = scheduled_pruning with
+  magnitude scores on the polynomial schedule.
+* :func:`get_masks` / :func:`set_masks`: read or replace the masks in any optimizer state that
+  holds them, also inside ``optax.chain`` or ``optax.inject_hyperparams``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple, Union
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from sparsejax import distributions
+from sparsejax import masks as masks_lib
+from sparsejax import pruning
+from sparsejax import schedules as schedules_lib
+
+PyTree = Any
+ScoreFn = Callable[[PyTree, PyTree], PyTree]
+MasksOrFn = Union[PyTree, Callable[[PyTree], PyTree]]
+
+
+class StaticMasksState(NamedTuple):
+  masks: PyTree
+  inner_state: optax.OptState
+
+
+class ScheduledPruningState(NamedTuple):
+  count: jax.Array  # the number of updates applied so far (int32)
+  masks: PyTree
+  inner_state: optax.OptState
+
+
+_MASK_STATES = (StaticMasksState, ScheduledPruningState)
+
+
+def _require_params(params, name: str):
+  if params is None:
+    raise ValueError(f"{name} needs the params: call update(updates, state, params).")
+
+
+def _masked_update(inner: optax.GradientTransformationExtraArgs, updates, inner_state, params,
+                   masks, extra_args):
+  """The inner step on masked gradients, with pruned weights sent to exactly 0.0."""
+  updates, inner_state = inner.update(
+      masks_lib.apply(updates, masks), inner_state, masks_lib.apply(params, masks), **extra_args)
+  updates = jax.tree.map(
+      lambda u, p, m: jnp.where(m, u, -p.astype(u.dtype)) if masks_lib.is_prunable_mask(m) else u,
+      updates, params, masks)
+  return updates, inner_state
+
+
+def _zero_pruned_state(inner_state, masks):
+  """Zeros the entries of pruned weights in every params-shaped part of an optimizer state."""
+  treedef = jax.tree.structure(masks)
+  shapes = [jnp.shape(m) for m in jax.tree.leaves(masks)]
+
+  def params_like(x):
+    if x is None or jax.tree.structure(x) != treedef:
+      return False
+    return all(jnp.shape(l) == s or s == () for l, s in zip(jax.tree.leaves(x), shapes))
+
+  return jax.tree.map(lambda x: masks_lib.apply(x, masks) if params_like(x) else x,
+                      inner_state, is_leaf=params_like)
+
+
+def static_masks(inner: optax.GradientTransformation,
+                 masks: MasksOrFn) -> optax.GradientTransformationExtraArgs:
+  """Trains with fixed masks.
+
+  Args:
+    inner: any optax optimizer.
+    masks: a mask pytree (:mod:`sparsejax.masks`), or a function ``params -> masks`` called at
+      ``init`` (handy under ``jax.vmap``, where each model gets its own masks).
+  """
+  inner = optax.with_extra_args_support(inner)
+
+  def init_fn(params):
+    m = masks(params) if callable(masks) else masks
+    masks_lib.validate(params, m)
+    return StaticMasksState(m, inner.init(masks_lib.apply(params, m)))
+
+  def update_fn(updates, state, params=None, **extra_args):
+    _require_params(params, "static_masks")
+    updates, inner_state = _masked_update(inner, updates, state.inner_state, params, state.masks,
+                                          extra_args)
+    return updates, StaticMasksState(state.masks, inner_state)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def scheduled_pruning(inner: optax.GradientTransformation, schedule, score_fn: ScoreFn,
+                      distribution: str = "uniform", prunable: masks_lib.Prunable = None,
+                      initial_masks: PyTree | None = None,
+                      revive: bool = False) -> optax.GradientTransformationExtraArgs:
+  """Recomputes masks inside ``jit`` on the steps where ``schedule.is_update_step(step)``.
+
+  At such a step t (counted from 0 by the number of updates applied), the masks become the top
+  scores of ``score_fn(params, grads)`` at sparsity ``schedule(t)`` split over layers by
+  ``distribution`` ('uniform', 'er', 'erk' or 'global'), computed from the params *before* the
+  step's update; the step's update then already uses the new masks.
+
+  Args:
+    inner: any optax optimizer.
+    schedule: an object with ``__call__(step) -> sparsity`` and ``is_update_step(step) -> bool``
+      (:mod:`sparsejax.schedules`).
+    score_fn: ``(params, grads) -> scores`` pytree; higher is kept.
+    distribution: how the sparsity is split over layers.
+    prunable: the rule for prunable leaves (:mod:`sparsejax.masks`), when ``initial_masks`` is None.
+    initial_masks: masks to start from (default: keep everything).
+    revive: whether an update may bring back weights pruned earlier.
+  """
+  inner = optax.with_extra_args_support(inner)
+  if distribution != "global":
+    distributions.get(distribution)  # fails early on an unknown name
+
+  def init_fn(params):
+    m = masks_lib.ones_like(params, prunable) if initial_masks is None else initial_masks
+    masks_lib.validate(params, m)
+    return ScheduledPruningState(jnp.zeros((), jnp.int32), m,
+                                 inner.init(masks_lib.apply(params, m)))
+
+  def update_fn(updates, state, params=None, **extra_args):
+    _require_params(params, "scheduled_pruning")
+
+    def prune(operands):
+      m, inner_state = operands
+      new = pruning.prune(score_fn(params, updates), schedule(state.count), m, distribution,
+                          revive=revive, params=params)
+      return new, _zero_pruned_state(inner_state, new)
+
+    m, inner_state = lax.cond(schedule.is_update_step(state.count), prune, lambda ops: ops,
+                              (state.masks, state.inner_state))
+    updates, inner_state = _masked_update(inner, updates, inner_state, params, m, extra_args)
+    return updates, ScheduledPruningState(state.count + 1, m, inner_state)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def magnitude_pruning(inner: optax.GradientTransformation, schedule,
+                      distribution: str = "uniform", prunable: masks_lib.Prunable = None,
+                      initial_masks: PyTree | None = None) -> optax.GradientTransformationExtraArgs:
+  """Gradual magnitude pruning (Zhu & Gupta 2017): |w| scores on ``schedule``; pruned stay pruned.
+
+  Example::
+
+    schedule = sparsejax.schedules.polynomial(0.9, begin_step=1000, end_step=9000, frequency=100)
+    opt = sparsejax.transforms.magnitude_pruning(optax.sgd(0.1, momentum=0.9), schedule, "erk")
+  """
+  return scheduled_pruning(inner, schedule, lambda params, _: jax.tree.map(jnp.abs, params),
+                           distribution, prunable, initial_masks)
+
+
+def one_shot_pruning(inner: optax.GradientTransformation, sparsity: float, score_fn: ScoreFn,
+                     distribution: str = "uniform", step: int = 0,
+                     prunable: masks_lib.Prunable = None) -> optax.GradientTransformationExtraArgs:
+  """Prunes once at ``step`` by ``score_fn`` (SNIP at step 0: ``lambda p, g: |p * g|``)."""
+  return scheduled_pruning(inner, schedules_lib.one_shot(sparsity, step), score_fn, distribution,
+                           prunable)
+
+
+def _mask_states(state) -> list:
+  is_mask_state = lambda x: isinstance(x, _MASK_STATES)
+  return [x for x in jax.tree.leaves(state, is_leaf=is_mask_state) if is_mask_state(x)]
+
+
+def get_masks(opt_state: optax.OptState) -> PyTree:
+  """The masks held by a sparsejax transformation anywhere in ``opt_state``."""
+  found = _mask_states(opt_state)
+  if len(found) != 1:
+    raise ValueError(
+        f"expected one sparsejax mask state in the optimizer state, found {len(found)}: "
+        "build the optimizer with static_masks / scheduled_pruning / magnitude_pruning, once.")
+  return found[0].masks
+
+
+def set_masks(opt_state: optax.OptState, masks: PyTree) -> optax.OptState:
+  """``opt_state`` with its masks replaced (same structure, so a jitted step is reused)."""
+  get_masks(opt_state)
+  is_mask_state = lambda x: isinstance(x, _MASK_STATES)
+  return jax.tree.map(lambda x: x._replace(masks=masks) if is_mask_state(x) else x, opt_state,
+                      is_leaf=is_mask_state)
