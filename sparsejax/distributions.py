@@ -132,8 +132,9 @@ def validate_densities(params: PyTree, densities: PyTree) -> None:
   if p_def != d_def:
     p_paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
     d_paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(densities)]
-    bad = next((d for p, d in zip(p_paths, d_paths) if p != d),
-               (d_paths + p_paths)[min(len(p_paths), len(d_paths))])
+    shorter = min(len(p_paths), len(d_paths))
+    extra = d_paths[shorter:] or p_paths[shorter:] or [f"the containers ({d_def} vs {p_def})"]
+    bad = next((f"{d} (params: {p})" for p, d in zip(p_paths, d_paths) if p != d), extra[0])
     raise ValueError(
         f"densities do not match params: first mismatch at {bad} ({len(d_paths)} density leaves, "
         f"{len(p_paths)} param leaves). Build them with distributions.uniform/er/erk(params, ...).")

@@ -61,6 +61,7 @@ def rule(include: str | None = None, exclude: str | None = None) -> Callable[[st
       return False
     return exc is None or exc.search(path) is None
 
+  is_prunable.__qualname__ = f"rule(include={include!r}, exclude={exclude!r})"
   return is_prunable
 
 
@@ -124,6 +125,10 @@ def validate(params: PyTree, masks: PyTree) -> None:
         raise ValueError(
             f"masks do not match params: leaf {i} is at path {mp} in the masks but {pp} in the "
             "params. A mask must have exactly the params' tree structure (masks.ones_like).")
+    if len(p_paths) == len(m_paths):
+      raise ValueError(
+          f"masks do not match params: the leaf paths agree but the containers differ "
+          f"(params {p_def}, masks {m_def}). Build masks with masks.ones_like(params).")
     extra = p_paths[len(m_paths):] or m_paths[len(p_paths):]
     where = "params" if len(p_paths) > len(m_paths) else "masks"
     raise ValueError(

@@ -47,11 +47,8 @@ def layerwise(scores: PyTree, densities: PyTree, masks: PyTree, *, revive: bool 
   distributions.validate_densities(scores, densities)
   score_leaves, mask_leaves, treedef, idx = _split(scores, masks)
   density_leaves = jax.tree.leaves(densities)
-  ks = []
-  for i in idx:
-    k = jnp.round(jnp.asarray(density_leaves[i], jnp.float32) * mask_leaves[i].size)
-    k = k.astype(jnp.int32)
-    ks.append(k if revive else jnp.minimum(k, jnp.sum(mask_leaves[i], dtype=jnp.int32)))
+  ks = [jnp.round(jnp.asarray(density_leaves[i], jnp.float32) * mask_leaves[i].size)
+        .astype(jnp.int32) for i in idx]
   kept = selection.top_k_masks_each(_keys(score_leaves, mask_leaves, idx, revive), ks)
   return _merge(mask_leaves, idx, kept, treedef)
 
@@ -63,8 +60,6 @@ def global_(scores: PyTree, sparsity: Any, masks: PyTree, *, revive: bool = Fals
   score_leaves, mask_leaves, treedef, idx = _split(scores, masks)
   total = sum(mask_leaves[i].size for i in idx)
   k = jnp.round((1.0 - jnp.asarray(sparsity, jnp.float32)) * total).astype(jnp.int32)
-  if not revive:
-    k = jnp.minimum(k, sum(jnp.sum(mask_leaves[i], dtype=jnp.int32) for i in idx))
   kept = selection.top_k_masks(_keys(score_leaves, mask_leaves, idx, revive), k)
   return _merge(mask_leaves, idx, kept, treedef)
 

@@ -3,15 +3,16 @@
 Every pruning decision in sparsejax reduces to "keep the k highest-scoring entries" of one array
 (layerwise) or of a list of arrays sharing one budget (global). Sorting does that in
 O(n log n) and, on sharded params, gathers the whole model onto one device. Here each score is
-mapped to an order-preserving ``uint32`` key and the k-th largest key is found by bisection on
-its 32 bits: each step is one compare-and-count pass (a reduction, which shards), so the cost is
-32 passes over the scores. Ties at the threshold are broken deterministically: the lowest flat
+mapped to an order-preserving ``uint32`` key, and a bracket around the k-th largest key is
+narrowed by interpolation safeguarded by bisection: each step is one compare-and-count pass (a
+reduction, which shards), about ten passes for real weights. Ties at the threshold are broken deterministically: the lowest flat
 index wins, leaves in tree order.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +28,9 @@ def order_keys(scores: jax.Array, eligible: jax.Array | None = None) -> jax.Arra
   """Maps float scores to uint32 keys with the same order; ineligible entries get key 0."""
   x = jnp.asarray(scores).astype(jnp.float32)
   bits = lax.bitcast_convert_type(x, jnp.uint32)
+  # -0.0 == 0.0: one key, so their ties go by index (on the bits: a float compare may flush
+  # subnormals to zero).
+  bits = jnp.where(bits == _SIGN, jnp.uint32(0), bits)
   keys = jnp.where(bits >= _SIGN, ~bits, bits | _SIGN)
   keys = jnp.where(jnp.isnan(x), _NAN_KEY, jnp.maximum(keys, jnp.uint32(2)))
   if eligible is not None:
@@ -34,51 +38,133 @@ def order_keys(scores: jax.Array, eligible: jax.Array | None = None) -> jax.Arra
   return keys
 
 
+# float32 sums of 0/1 are exact below 2**24 and vectorize better than int32 sums on CPU.
+_EXACT_FLOAT_COUNT = 2**24
+
+
+def _count(bools: jax.Array) -> jax.Array:
+  if bools.size < _EXACT_FLOAT_COUNT:
+    return jnp.sum(bools, dtype=jnp.float32).astype(jnp.int32)
+  return jnp.sum(bools, dtype=jnp.int32)
+
+
 def _count_at_least(keys: Sequence[jax.Array], t: jax.Array) -> jax.Array:
-  return sum((jnp.sum(k >= t, dtype=jnp.int32) for k in keys), jnp.int32(0))
+  return sum((_count(k >= t) for k in keys), jnp.int32(0))
 
 
-def kth_largest_keys(groups: Sequence[Sequence[jax.Array]], ks: Sequence[jax.Array]) -> list[jax.Array]:
-  """For each group of key arrays, the largest t with ``count(keys >= t) >= k``.
+def _count_at_least_each(keys: Sequence[jax.Array], ts: jax.Array) -> jax.Array:
+  """count(keys >= t) for each t of a short vector, in one pass per array."""
+  return sum((_count_rows(k.ravel()[None, :] >= ts[:, None]) for k in keys),
+             jnp.zeros(ts.shape, jnp.int32))
 
-  All groups are bisected together in one 32-step loop. With k = 0 the result is the maximal
-  key, so nothing lies strictly above it.
+
+def _count_rows(bools: jax.Array) -> jax.Array:
+  if bools.shape[1] < _EXACT_FLOAT_COUNT:
+    return jnp.sum(bools, axis=1, dtype=jnp.float32).astype(jnp.int32)
+  return jnp.sum(bools, axis=1, dtype=jnp.int32)
+
+
+class _Bracket(NamedTuple):
+  lo: jax.Array    # at least k keys are >= lo
+  c_lo: jax.Array  # count(keys >= lo)
+  hi: jax.Array    # fewer than k keys are >= hi
+  c_hi: jax.Array  # count(keys >= hi)
+
+
+_SAMPLE = 256
+_NO_KEY = jnp.uint32(0xFFFFFFFF)
+
+
+def _sample_bracket(keys: Sequence[jax.Array], k: jax.Array, n: int, b: _Bracket) -> _Bracket:
+  """Tightens ``b`` with quantiles of a strided sample, checked by exact counts (one pass).
+
+  The sample's k/n quantile, widened by four binomial standard deviations, brackets the k-th
+  largest key with high probability; an end the counts refute falls back to ``b``'s.
   """
-  ks = [jnp.asarray(k, jnp.int32) for k in ks]
+  stride = max(1, n // _SAMPLE)
+  sample = jnp.concatenate([key.ravel()[::stride] for key in keys])
+  m = sample.size
+  # Float32 is precise enough for an estimate; the counts below decide exactly.
+  desc = -jnp.sort(-sample.astype(jnp.float32))
+  q = k.astype(jnp.float32) / n
+  j = q * m
+  margin = 4.0 * jnp.sqrt(m * q * (1.0 - q)) + 2.0
+  as_key = lambda i: jnp.clip(desc[jnp.clip(i, 0, m - 1).astype(jnp.int32)], 0.0,
+                              4294967040.0).astype(jnp.uint32)
+  lo = as_key(jnp.ceil(j + margin))
+  hi = as_key(jnp.floor(j - margin)) + jnp.uint32(1)
+  c_lo, c_hi = _count_at_least_each(keys, jnp.stack([lo, hi]))
+  lo_ok = (c_lo >= k) & (lo > b.lo) & (lo < b.hi)
+  hi_ok = (c_hi < k) & (hi < b.hi) & (hi > b.lo)
+  return _Bracket(jnp.where(lo_ok, lo, b.lo), jnp.where(lo_ok, c_lo, b.c_lo),
+                  jnp.where(hi_ok, hi, b.hi), jnp.where(hi_ok, c_hi, b.c_hi))
 
-  def step(i, ts):
-    bit = jnp.left_shift(jnp.uint32(1), (31 - i).astype(jnp.uint32))
-    new = []
-    for keys, k, t in zip(groups, ks, ts):
-      candidate = t | bit
-      new.append(jnp.where(_count_at_least(keys, candidate) >= k, candidate, t))
-    return tuple(new)
 
-  return list(lax.fori_loop(0, 32, step, tuple(jnp.uint32(0) for _ in groups)))
+def _bracket(keys: Sequence[jax.Array], k: jax.Array) -> _Bracket:
+  """Narrows [lo, hi) around the k-th largest key by counting passes over ``keys``.
+
+  Regula falsi on the counts with the Illinois correction (keys of nearby floats are nearly evenly
+  spaced, so a few interpolated passes get close); every fourth step bisects, which bounds the
+  worst case by 128 passes. Stops when exactly k keys are >= lo, or when the bracket is one key
+  wide (the k-th largest key is lo and ties at it straddle the budget).
+  """
+  n = sum(key.size for key in keys)
+  # Every key is >= 0, and none reaches 2**32 - 1 (+inf maps to 0xFF800000).
+  b = _sample_bracket(keys, k, n, _Bracket(jnp.uint32(0), jnp.int32(n), _NO_KEY, jnp.int32(0)))
+  f_lo, f_hi = (b.c_lo - k).astype(jnp.float32), (b.c_hi - k).astype(jnp.float32)
+  init = (jnp.int32(0), b, f_lo, f_hi, jnp.int32(0))
+
+  def searching(state):
+    _, b, *_ = state
+    return (b.c_lo != k) & (b.hi - b.lo > 1)
+
+  def step(state):
+    i, b, f_lo, f_hi, last = state
+    width = b.hi - b.lo
+    guess = (width.astype(jnp.float32) * (f_lo / (f_lo - f_hi))).astype(jnp.uint32)
+    mid = b.lo + jnp.where(i % 4 == 3, width // 2, jnp.clip(guess, 1, width - 1))
+    c_mid = _count_at_least(keys, mid)
+    f_mid = (c_mid - k).astype(jnp.float32)
+    up = c_mid >= k
+    # Illinois: when the same end moves twice in a row, halve the other end's weight.
+    f_lo = jnp.where(up, f_mid, jnp.where(last == -1, f_lo / 2, f_lo))
+    f_hi = jnp.where(up, jnp.where(last == 1, f_hi / 2, f_hi), f_mid)
+    b = _Bracket(jnp.where(up, mid, b.lo), jnp.where(up, c_mid, b.c_lo),
+                 jnp.where(up, b.hi, mid), jnp.where(up, b.c_hi, c_mid))
+    return i + 1, b, f_lo, f_hi, jnp.where(up, 1, -1)
+
+  return lax.while_loop(searching, step, init)[1]
 
 
-def _keep_top_k(keys: Sequence[jax.Array], k: jax.Array, t: jax.Array) -> list[jax.Array]:
-  """Masks keeping exactly ``min(k, size)`` entries: all keys above t, then ties by index."""
-  above = [key > t for key in keys]
-  remaining = jnp.asarray(k, jnp.int32) - sum(
-      (jnp.sum(a, dtype=jnp.int32) for a in above), jnp.int32(0))
-  out = []
-  offset = jnp.int32(0)
-  for key, a in zip(keys, above):
-    tie = key == t
+def _first_ties(keys: Sequence[jax.Array], b: _Bracket, r: jax.Array) -> list[jax.Array]:
+  """The first r entries (leaf order, then index) equal to lo: for heavy ties only."""
+  out, offset = [], jnp.int32(0)
+  for key in keys:
+    tie = key == b.lo
     rank = jnp.cumsum(tie.ravel(), dtype=jnp.int32).reshape(tie.shape) + offset
-    out.append(a | (tie & (rank <= remaining)))
-    offset = offset + jnp.sum(tie, dtype=jnp.int32)
+    out.append(tie & (rank <= r))
+    offset = offset + _count(tie)
   return out
 
 
+@jax.jit
 def top_k_masks(keys: Sequence[jax.Array], k: jax.Array) -> list[jax.Array]:
-  """One budget over several arrays (global selection): exactly k entries kept in total."""
-  (t,) = kth_largest_keys([keys], [k])
-  return _keep_top_k(keys, k, t)
+  """One budget over several arrays (global selection): exactly ``min(k, eligible)`` kept in total.
+
+  Keeps every key above the k-th largest and breaks ties at it by lowest flat index, leaves in
+  tree order.
+  """
+  n = sum(key.size for key in keys)
+  k = jnp.clip(jnp.asarray(k, jnp.int32), 0, n)
+  b = _bracket(keys, k)
+  r = k - b.c_hi  # how many to take from [lo, hi)
+  all_of_bracket = lambda *_: [(key >= b.lo) & (key < b.hi) for key in keys]
+  taken = lax.cond(b.c_lo == k, all_of_bracket, _first_ties, keys, b, r)
+  # Excluded entries (key 0) are taken only when k exceeds the eligible count: drop them.
+  return [((key >= b.hi) | t) & (key != _EXCLUDED_KEY) for key, t in zip(keys, taken)]
 
 
+@jax.jit
 def top_k_masks_each(keys: Sequence[jax.Array], ks: Sequence[jax.Array]) -> list[jax.Array]:
-  """A budget per array (layerwise selection): exactly ``ks[i]`` entries of ``keys[i]`` kept."""
-  ts = kth_largest_keys([[key] for key in keys], ks)
-  return [_keep_top_k([key], k, t)[0] for key, k, t in zip(keys, ks, ts)]
+  """A budget per array (layerwise selection): exactly ``min(ks[i], eligible)`` of ``keys[i]``."""
+  return [top_k_masks([key], k)[0] for key, k in zip(keys, ks)]

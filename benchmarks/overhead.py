@@ -1,0 +1,131 @@
+"""Overhead of sparsejax's optax wrappers on a jitted training step, measured side by side.
+
+Variants, interleaved round by round in one process so machine noise hits all of them alike:
+  (a) plain optax SGD with momentum,
+  (b) ``transforms.static_masks`` (fixed ERK masks at 90% sparsity),
+  (c) ``transforms.magnitude_pruning`` (uniform, polynomial schedule) updating masks every 50 steps.
+
+Printed per model: the median ordinary-step ratios b/a and c/a, the mean ratio c/a over whole
+runs including the mask-update steps, and one mask-update step relative to an ordinary step.
+
+  python benchmarks/overhead.py [--rounds 7] [--steps 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from experiments import models
+from sparsejax import pruning, schedules, transforms
+
+FREQUENCY = 50
+
+
+class SmallCNN(nnx.Module):
+  """conv 32 -> pool -> conv 64 -> pool -> dense 256 -> dense 10 on 32x32x3."""
+
+  def __init__(self, rngs: nnx.Rngs):
+    self.conv1 = nnx.Conv(3, 32, (3, 3), rngs=rngs)
+    self.conv2 = nnx.Conv(32, 64, (3, 3), rngs=rngs)
+    self.dense1 = nnx.Linear(8 * 8 * 64, 256, rngs=rngs)
+    self.output = nnx.Linear(256, 10, rngs=rngs)
+
+  def __call__(self, x):
+    x = nnx.max_pool(nnx.relu(self.conv1(x)), (2, 2), (2, 2))
+    x = nnx.max_pool(nnx.relu(self.conv2(x)), (2, 2), (2, 2))
+    return self.output(nnx.relu(self.dense1(x.reshape(x.shape[0], -1))))
+
+
+def lenet():
+  model, params, state = models.create("lenet300", num_classes=10, input_shape=(28, 28, 1), seed=0)
+  apply = lambda p, x: model.apply(p, state, x, train=True)[0]
+  return apply, params, (28, 28, 1)
+
+
+def small_cnn():
+  graphdef, params = nnx.split(SmallCNN(nnx.Rngs(0)), nnx.Param)
+  return lambda p, x: nnx.merge(graphdef, p)(x), params, (32, 32, 3)
+
+
+def make_step(apply, opt):
+  def loss(params, x, y):
+    return optax.softmax_cross_entropy_with_integer_labels(apply(params, x), y).mean()
+
+  @jax.jit
+  def step(params, state, x, y):
+    grads = jax.grad(loss)(params, x, y)
+    updates, state = opt.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+  return step
+
+
+def time_steps(step, carry, batches, n):
+  """Runs n steps and returns the carry and each step's wall time (synchronized)."""
+  times = np.empty(n)
+  xs, ys = batches
+  for i in range(n):
+    t0 = time.perf_counter()
+    carry = jax.block_until_ready(step(*carry, xs[i % len(xs)], ys[i % len(ys)]))
+    times[i] = time.perf_counter() - t0
+  return carry, times
+
+
+def bench(name, build, rounds, steps):
+  apply, params, shape = build()
+  inner = optax.sgd(0.01, momentum=0.9)
+  masks = pruning.random(jax.random.key(1), params, 0.9, "erk")
+  # A long schedule, so every benchmarked step lies inside the pruning window.
+  schedule = schedules.polynomial(0.9, 0, 10 * rounds * steps, FREQUENCY)
+  variants = {
+      "a": inner,
+      "b": transforms.static_masks(inner, masks),
+      "c": transforms.magnitude_pruning(inner, schedule),
+  }
+  k = jax.random.split(jax.random.key(0), 2)
+  batches = (jax.random.normal(k[0], (16, 128, *shape)), jax.random.randint(k[1], (16, 128), 0, 10))
+  steps_fns = {v: make_step(apply, opt) for v, opt in variants.items()}
+  carries = {v: (params, opt.init(params)) for v, opt in variants.items()}
+  for v in variants:  # compile and warm up
+    carries[v], _ = time_steps(steps_fns[v], carries[v], batches, 3)
+  times = {v: [] for v in variants}
+  update_mask = []
+  for _ in range(rounds):
+    for v in variants:
+      start = int(carries[v][1].count) if v == "c" else None
+      carries[v], t = time_steps(steps_fns[v], carries[v], batches, steps)
+      times[v].append(t)
+      if v == "c":
+        update_mask.append(np.array([bool(schedule.is_update_step(start + i)) for i in range(steps)]))
+  a, b, c = (np.concatenate(times[v]) for v in "abc")
+  upd = np.concatenate(update_mask)
+  med_a = np.median(a)
+  run_ratio = np.mean([tc.sum() / ta.sum() for tc, ta in zip(times["c"], times["a"])])
+  print(f"{name}: ordinary step (a) {med_a * 1e3:.3f} ms median, {len(a)} steps per variant, "
+        f"{int(upd.sum())} mask updates")
+  print(f"  b/a (static_masks, ordinary step median)          {np.median(b) / med_a:.3f}")
+  print(f"  c/a (magnitude_pruning, ordinary step median)     {np.median(c[~upd]) / med_a:.3f}")
+  print(f"  c/a (magnitude_pruning, whole runs, amortized)    {run_ratio:.3f}")
+  print(f"  mask-update step / ordinary step (c)              "
+        f"{np.median(c[upd]) / np.median(c[~upd]):.2f}")
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--rounds", type=int, default=7)
+  parser.add_argument("--steps", type=int, default=200)
+  args = parser.parse_args()
+  print(f"jax {jax.__version__} on {jax.devices()[0].platform}, batch 128, "
+        f"mask update every {FREQUENCY} steps")
+  bench("LeNet-300-100", lenet, args.rounds, args.steps)
+  bench("small CNN 32x32x3", small_cnn, args.rounds, args.steps)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,299 @@
+"""Flax NNX models for the experiment runner, behind a pure functional API.
+
+Architectures (``MODELS``):
+
+- ``lenet300``: LeNet-300-100 (LeCun et al., "Gradient-based learning applied to document
+  recognition", 1998), the MNIST network of Frankle & Carbin, "The Lottery Ticket Hypothesis:
+  Finding Sparse, Trainable Neural Networks", ICLR 2019, Fig. 2.
+- ``conv2``, ``conv4``, ``conv6``: the Conv-2/4/6 networks of Frankle & Carbin (2019), Fig. 2
+  (VGG-like, Simonyan & Zisserman 2015): pairs of 3x3 convolutions with 64, 128, 256 filters, each
+  pair followed by 2x2 max-pooling, then dense layers 256, 256, ``num_classes``. No BatchNorm.
+- ``vgg11``, ``vgg16``: CIFAR VGG (Simonyan & Zisserman, "Very Deep Convolutional Networks for
+  Large-Scale Image Recognition", ICLR 2015) with BatchNorm (Ioffe & Szegedy 2015) after every
+  convolution, as OpenLTH's ``cifar_vgg_11`` / ``cifar_vgg_16`` (Frankle et al., "Linear Mode
+  Connectivity and the Lottery Ticket Hypothesis", ICML 2020): the plans below, global average
+  pooling and one dense layer.
+- ``resnet20``: CIFAR ResNet-20 (He et al., "Deep Residual Learning for Image Recognition", CVPR
+  2016, Sec. 4.2) as OpenLTH's ``cifar_resnet_20``: a 3x3 stem with 16 filters, 3 stages of 3
+  basic blocks with 16/32/64 filters, a 1x1 convolution + BatchNorm shortcut where the shape
+  changes, global average pooling and one dense layer.
+
+Initializers:
+
+- LeNet-300-100 and Conv-2/4/6 use the Gaussian Glorot initialization of Frankle & Carbin (2019),
+  Appendix: ``glorot_normal`` (Glorot & Bengio 2010), as TensorFlow's ``glorot_normal``.
+- VGG and ResNet-20 use OpenLTH's defaults (``model_init='kaiming_normal'``,
+  ``batchnorm_init='uniform'``): kernels ~ N(0, 2 / fan_in) (He et al. 2015, as
+  ``torch.nn.init.kaiming_normal_``, not truncated); BatchNorm scales ~ U[0, 1) and shifts 0.
+- Biases start at zero in every model (OpenLTH keeps PyTorch's default U(+-1/sqrt(fan_in)) biases).
+
+BatchNorm uses PyTorch's defaults, as OpenLTH: running-average momentum 0.1 (Flax ``momentum=0.9``)
+and epsilon 1e-5. Images are NHWC and kernels HWIO (Flax's defaults). 3x3 convolutions pad by 1 on
+every side (PyTorch's ``padding=1``), also when strided. 2x2 max-pools use ``"SAME"`` padding: on
+even sizes this is PyTorch's ``MaxPool2d(2)``, and an odd size rounds up instead of down, so that
+any input size (8x8 digits, 28x28 Fashion-MNIST, 32x32 CIFAR) keeps at least one pixel.
+
+The library only sees pytrees: :func:`create` returns a :class:`Model` (the static
+``nnx.GraphDef``) and two plain nested dicts of arrays, ``params`` (every ``nnx.Param``) and
+``state`` (the BatchNorm running statistics, ``{}`` without BatchNorm), whose key paths read like
+``['dense1']['kernel']``. :meth:`Model.apply` is a pure function of them. The output layer is
+always the attribute ``output`` and every BatchNorm path contains ``bn``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+from flax import nnx
+
+_glorot_normal = nnx.initializers.glorot_normal()
+_kaiming_normal = nnx.initializers.variance_scaling(2.0, "fan_in", "normal")
+_zeros = nnx.initializers.zeros_init()
+
+_POOL = "M"
+_VGG_PLANS = {
+    "vgg11": (64, _POOL, 128, _POOL, 256, 256, _POOL, 512, 512, _POOL, 512, 512),
+    "vgg16": (64, 64, _POOL, 128, 128, _POOL, 256, 256, 256, _POOL,
+              512, 512, 512, _POOL, 512, 512, 512),
+}
+
+
+def _dense(in_features: int, out_features: int, init, rngs: nnx.Rngs) -> nnx.Linear:
+    return nnx.Linear(in_features, out_features, kernel_init=init, bias_init=_zeros, rngs=rngs)
+
+
+def _conv(in_features: int, out_features: int, init, rngs: nnx.Rngs, *, kernel_size: int = 3,
+          stride: int = 1, use_bias: bool = True) -> nnx.Conv:
+    return nnx.Conv(in_features, out_features, (kernel_size, kernel_size), strides=stride,
+                    padding=kernel_size // 2, use_bias=use_bias, kernel_init=init,
+                    bias_init=_zeros, rngs=rngs)
+
+
+def _batch_norm(num_features: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
+    return nnx.BatchNorm(num_features, momentum=0.9, epsilon=1e-5,
+                         scale_init=nnx.initializers.uniform(1.0), rngs=rngs)
+
+
+def _max_pool(x: jax.Array) -> jax.Array:
+    return nnx.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
+
+
+def _pooled_size(size: int, num_pools: int) -> int:
+    """Spatial size after ``num_pools`` ``_max_pool``s (each rounds an odd size up)."""
+    for _ in range(num_pools):
+        size = -(-size // 2)
+    return size
+
+
+def _image_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
+    if len(input_shape) != 3:
+        raise ValueError(f"convolutional models need input_shape (height, width, channels), "
+                         f"got {tuple(input_shape)}")
+    height, width, channels = input_shape
+    return height, width, channels
+
+
+class LeNet300(nnx.Module):
+    """LeNet-300-100: flatten -> dense 300 -> relu -> dense 100 -> relu -> dense num_classes."""
+
+    def __init__(self, input_shape: Sequence[int], num_classes: int, rngs: nnx.Rngs):
+        self.dense1 = _dense(math.prod(input_shape), 300, _glorot_normal, rngs)
+        self.dense2 = _dense(300, 100, _glorot_normal, rngs)
+        self.output = _dense(100, num_classes, _glorot_normal, rngs)
+
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        del train  # No batch statistics.
+        x = x.reshape(x.shape[0], -1)
+        x = nnx.relu(self.dense1(x))
+        x = nnx.relu(self.dense2(x))
+        return self.output(x)
+
+
+class ConvNet(nnx.Module):
+    """Conv-2/4/6 (Frankle & Carbin 2019, Fig. 2): one pair of 3x3 convolutions per entry of
+    ``widths`` (attributes ``conv1``, ``conv2``, ...), each pair followed by a 2x2 max-pool, then
+    dense 256 -> dense 256 -> dense num_classes, ReLU after every layer but the last."""
+
+    def __init__(self, widths: Sequence[int], input_shape: Sequence[int], num_classes: int,
+                 rngs: nnx.Rngs):
+        height, width, channels = _image_shape(input_shape)
+        self.num_convs = 2 * len(widths)
+        in_features = channels
+        for index, features in enumerate((w for w in widths for _ in range(2)), start=1):
+            setattr(self, f"conv{index}", _conv(in_features, features, _glorot_normal, rngs))
+            in_features = features
+        flat_features = (_pooled_size(height, len(widths)) * _pooled_size(width, len(widths))
+                         * in_features)
+        self.dense1 = _dense(flat_features, 256, _glorot_normal, rngs)
+        self.dense2 = _dense(256, 256, _glorot_normal, rngs)
+        self.output = _dense(256, num_classes, _glorot_normal, rngs)
+
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        del train  # No batch statistics.
+        for index in range(1, self.num_convs + 1):
+            x = nnx.relu(getattr(self, f"conv{index}")(x))
+            if index % 2 == 0:
+                x = _max_pool(x)
+        x = x.reshape(x.shape[0], -1)
+        x = nnx.relu(self.dense1(x))
+        x = nnx.relu(self.dense2(x))
+        return self.output(x)
+
+
+class ConvBN(nnx.Module):
+    """3x3 convolution (with bias) -> BatchNorm -> ReLU: one layer of OpenLTH's CIFAR VGG."""
+
+    def __init__(self, in_features: int, out_features: int, rngs: nnx.Rngs):
+        self.conv = _conv(in_features, out_features, _kaiming_normal, rngs)
+        self.bn = _batch_norm(out_features, rngs)
+
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        return nnx.relu(self.bn(self.conv(x), use_running_average=not train))
+
+
+class VGG(nnx.Module):
+    """CIFAR VGG with BatchNorm (OpenLTH ``cifar_vgg``): ``plan`` lists conv widths (attributes
+    ``layer1``, ``layer2``, ..., each a :class:`ConvBN`) and ``"M"`` for a 2x2 max-pool; then global
+    average pooling and one dense layer ``output``."""
+
+    def __init__(self, plan: Sequence[int | str], input_shape: Sequence[int], num_classes: int,
+                 rngs: nnx.Rngs):
+        *_, channels = _image_shape(input_shape)
+        self.plan = tuple(plan)
+        in_features = channels
+        for index, features in enumerate((s for s in plan if s != _POOL), start=1):
+            setattr(self, f"layer{index}", ConvBN(in_features, features, rngs))
+            in_features = features
+        self.output = _dense(in_features, num_classes, _kaiming_normal, rngs)
+
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        index = 0
+        for spec in self.plan:
+            if spec == _POOL:
+                x = _max_pool(x)
+            else:
+                index += 1
+                x = getattr(self, f"layer{index}")(x, train=train)
+        return self.output(x.mean(axis=(1, 2)))
+
+
+class BasicBlock(nnx.Module):
+    """He et al. (2016) basic block: conv3x3 -> BN -> relu -> conv3x3 -> BN, plus the shortcut
+    (identity, or 1x1 conv -> BN when the stride or width changes), then relu."""
+
+    def __init__(self, in_features: int, out_features: int, stride: int, rngs: nnx.Rngs):
+        self.conv1 = _conv(in_features, out_features, _kaiming_normal, rngs, stride=stride,
+                           use_bias=False)
+        self.bn1 = _batch_norm(out_features, rngs)
+        self.conv2 = _conv(out_features, out_features, _kaiming_normal, rngs, use_bias=False)
+        self.bn2 = _batch_norm(out_features, rngs)
+        if stride != 1 or in_features != out_features:
+            self.shortcut_conv = _conv(in_features, out_features, _kaiming_normal, rngs,
+                                       kernel_size=1, stride=stride, use_bias=False)
+            self.shortcut_bn = _batch_norm(out_features, rngs)
+        else:
+            self.shortcut_conv = None
+            self.shortcut_bn = None
+
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        out = nnx.relu(self.bn1(self.conv1(x), use_running_average=not train))
+        out = self.bn2(self.conv2(out), use_running_average=not train)
+        if self.shortcut_conv is not None:
+            x = self.shortcut_bn(self.shortcut_conv(x), use_running_average=not train)
+        return nnx.relu(out + x)
+
+
+class ResNet(nnx.Module):
+    """CIFAR ResNet (He et al. 2016, Sec. 4.2; OpenLTH ``cifar_resnet``): stem ``conv``/``bn``,
+    stages of basic blocks (attributes ``stage1_block1``, ...; the first block of every stage but
+    the first halves the resolution), global average pooling and one dense layer ``output``."""
+
+    def __init__(self, widths: Sequence[int], blocks_per_stage: int, input_shape: Sequence[int],
+                 num_classes: int, rngs: nnx.Rngs):
+        *_, channels = _image_shape(input_shape)
+        self.block_names = tuple(f"stage{s}_block{b}" for s in range(1, len(widths) + 1)
+                                 for b in range(1, blocks_per_stage + 1))
+        self.conv = _conv(channels, widths[0], _kaiming_normal, rngs, use_bias=False)
+        self.bn = _batch_norm(widths[0], rngs)
+        in_features = widths[0]
+        for stage, features in enumerate(widths, start=1):
+            for block in range(1, blocks_per_stage + 1):
+                stride = 2 if stage > 1 and block == 1 else 1
+                setattr(self, f"stage{stage}_block{block}",
+                        BasicBlock(in_features, features, stride, rngs))
+                in_features = features
+        self.output = _dense(in_features, num_classes, _kaiming_normal, rngs)
+
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        x = nnx.relu(self.bn(self.conv(x), use_running_average=not train))
+        for name in self.block_names:
+            x = getattr(self, name)(x, train=train)
+        return self.output(x.mean(axis=(1, 2)))
+
+
+_BUILDERS: dict[str, Callable[..., nnx.Module]] = {
+    "lenet300": LeNet300,
+    "conv2": functools.partial(ConvNet, (64,)),
+    "conv4": functools.partial(ConvNet, (64, 128)),
+    "conv6": functools.partial(ConvNet, (64, 128, 256)),
+    "vgg11": functools.partial(VGG, _VGG_PLANS["vgg11"]),
+    "vgg16": functools.partial(VGG, _VGG_PLANS["vgg16"]),
+    "resnet20": functools.partial(ResNet, (16, 32, 64), 3),
+}
+MODELS: tuple[str, ...] = tuple(_BUILDERS)
+
+
+def _split(module: nnx.Module) -> tuple[Any, dict, dict]:
+    """(graphdef, params, state): params are the ``nnx.Param``s, state everything else."""
+    graphdef, params, state = nnx.split(module, nnx.Param, ...)
+    return graphdef, nnx.to_pure_dict(params), nnx.to_pure_dict(state)
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """A model's static structure; its arrays live in the ``params`` and ``state`` dicts.
+
+    Hashable, so it can be closed over or passed as a static argument of ``jax.jit``; models
+    built with the same name and shapes compare equal whatever their seed, so they share a
+    compiled step.
+    """
+
+    name: str
+    graphdef: Any
+
+    def apply(self, params: dict, state: dict, x: jax.Array, *,
+              train: bool) -> tuple[jax.Array, dict]:
+        """Logits for ``x`` of shape ``(batch, *input_shape)``, and the new state.
+
+        ``train`` is a Python bool. ``train=True`` normalizes with batch statistics and returns
+        the updated BatchNorm running averages; ``train=False`` normalizes with the running
+        averages and returns ``state`` itself. Pure: usable under ``jit``, ``grad`` (with respect
+        to ``params``) and ``vmap``.
+        """
+        module = nnx.merge(self.graphdef, params, state)
+        logits = module(x, train=train)
+        if not train:
+            return logits, state
+        _, _, new_state = _split(module)
+        return logits, new_state
+
+
+def create(name: str, *, num_classes: int, input_shape: tuple[int, ...],
+           seed: int) -> tuple[Model, dict, dict]:
+    """Builds model ``name`` for inputs of shape ``input_shape`` (one example, e.g. (28, 28, 1)).
+
+    Returns ``(model, params, state)``: ``params`` holds every trainable array (kernels, biases,
+    BatchNorm scales and shifts), ``state`` the BatchNorm running mean and variance (``{}`` for
+    models without BatchNorm); both are plain nested dicts of ``jax.Array``. The same ``seed``
+    gives the same arrays.
+    """
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}")
+    module = _BUILDERS[name](tuple(input_shape), num_classes, nnx.Rngs(seed))
+    graphdef, params, state = _split(module)
+    return Model(name, graphdef), params, state

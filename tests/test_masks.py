@@ -1,0 +1,369 @@
+"""Tests for sparsejax.masks: structure, rules, apply, counts, validation, summaries."""
+
+import re
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from sparsejax import masks
+
+
+def small_params():
+  rng = np.random.default_rng(0)
+  f32 = lambda *s: jnp.asarray(rng.normal(size=s), jnp.float32)
+  return {
+      "conv1": {"kernel": f32(3, 3, 3, 8), "bias": f32(8)},
+      "bn": {"scale": f32(8), "bias": f32(8)},
+      "dense": {"kernel": f32(32, 10), "bias": f32(10)},
+  }
+
+
+def partial_masks(params):
+  """conv1 keeps its first 50 weights (of 216), dense its first 30 (of 320)."""
+  m = masks.ones_like(params)
+  m["conv1"]["kernel"] = (jnp.arange(216) < 50).reshape(3, 3, 3, 8)
+  m["dense"]["kernel"] = (jnp.arange(320) < 30).reshape(32, 10)
+  return m
+
+
+def assert_scalar_true(leaf):
+  assert jnp.shape(leaf) == ()
+  assert jnp.result_type(leaf) == jnp.bool_
+  assert bool(leaf)
+
+
+def assert_full_bool(leaf, shape):
+  assert jnp.shape(leaf) == shape
+  assert jnp.result_type(leaf) == jnp.bool_
+  assert bool(jnp.all(leaf))
+
+
+# ---------------------------------------------------------------- ones_like and rules
+
+
+def test_ones_like_default_structure():
+  params = small_params()
+  m = masks.ones_like(params)
+  assert jax.tree.structure(m) == jax.tree.structure(params)
+  assert_full_bool(m["conv1"]["kernel"], (3, 3, 3, 8))
+  assert_full_bool(m["dense"]["kernel"], (32, 10))
+  for leaf in (m["conv1"]["bias"], m["dense"]["bias"], m["bn"]["scale"], m["bn"]["bias"]):
+    assert_scalar_true(leaf)
+  assert [masks.is_prunable_mask(x) for x in jax.tree.leaves(m)] == [
+      False, False, False, True, False, True]
+
+
+def test_default_never_prunes_rank2_norm_leaves():
+  params = {"LayerNorm_0": {"weight": jnp.ones((4, 4))}, "bn": {"w": jnp.ones((4, 4))},
+            "batch_stats": {"x": jnp.ones((4, 4))}, "fc": {"kernel": jnp.ones((4, 4))}}
+  assert masks.prunable_paths(params) == ["['fc']['kernel']"]
+
+
+def test_regex_override_selects_rank_ge1_leaves_matching_path():
+  params = small_params()
+  m = masks.ones_like(params, r"dense")
+  assert_full_bool(m["dense"]["kernel"], (32, 10))
+  assert_full_bool(m["dense"]["bias"], (10,))  # a regex may select rank-1 leaves.
+  assert_scalar_true(m["conv1"]["kernel"])
+  assert_scalar_true(m["bn"]["scale"])
+
+
+def test_callable_override():
+  params = small_params()
+  seen = []
+
+  def only_conv(path, leaf):
+    seen.append(path)
+    return "conv" in path and np.ndim(leaf) == 4
+
+  m = masks.ones_like(params, only_conv)
+  assert_full_bool(m["conv1"]["kernel"], (3, 3, 3, 8))
+  assert_scalar_true(m["dense"]["kernel"])
+  assert "['dense']['kernel']" in seen and "['conv1']['kernel']" in seen
+
+
+def test_rule_include_exclude():
+  params = small_params()
+  assert masks.prunable_paths(params, masks.rule(exclude="dense")) == ["['conv1']['kernel']"]
+  assert masks.prunable_paths(params, masks.rule(include="dense")) == ["['dense']['kernel']"]
+  # rule() keeps the default's protections: an include matching a bias does not select it.
+  assert masks.prunable_paths(params, masks.rule(include="bias|kernel")) == [
+      "['conv1']['kernel']", "['dense']['kernel']"]
+
+
+@pytest.mark.parametrize("prunable, named", [
+    ("no_such_layer", "no_such_layer"),
+    (masks.rule(include="nowhere"), "include='nowhere'"),
+    (masks.rule(exclude="conv|dense"), "exclude='conv|dense'"),
+])
+def test_rule_selecting_nothing_raises_naming_rule(prunable, named):
+  params = small_params()
+  with pytest.raises(ValueError, match=re.escape(named)) as err:
+    masks.ones_like(params, prunable)
+  assert "['conv1']['kernel']" in str(err.value)  # lists the available paths.
+
+
+def test_callable_selecting_nothing_names_function():
+  def never(path, leaf):
+    return False
+
+  with pytest.raises(ValueError, match="never"):
+    masks.ones_like(small_params(), never)
+
+
+def test_bad_rule_type():
+  with pytest.raises(TypeError, match="42"):
+    masks.ones_like(small_params(), 42)
+
+
+# ---------------------------------------------------------------- apply
+
+
+class ApplyTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_apply_zeroes_pruned_even_nan_inf_and_keeps_rest_bitwise(self):
+    params = small_params()
+    k = params["dense"]["kernel"]
+    k = k.at[0, 0].set(jnp.nan).at[0, 1].set(jnp.inf).at[0, 2].set(-jnp.inf).at[0, 3].set(-0.0)
+    k = k.at[5, 5].set(jnp.nan)  # kept NaN stays NaN.
+    params["dense"]["kernel"] = k
+    m = masks.ones_like(params)
+    keep = np.ones((32, 10), bool)
+    keep[0, :4] = False
+    keep[1, :] = False
+    m["dense"]["kernel"] = jnp.asarray(keep)
+    out = self.variant(masks.apply)(params, m)
+
+    chex.assert_trees_all_equal_shapes_and_dtypes(out, params)
+    o = np.asarray(out["dense"]["kernel"])
+    bits_out = o.view(np.uint32)
+    bits_in = np.asarray(k).view(np.uint32)
+    np.testing.assert_array_equal(bits_out[~keep], 0)  # exactly +0.0.
+    np.testing.assert_array_equal(bits_out[keep], bits_in[keep])
+    assert np.isnan(o[5, 5])
+    for name in ("conv1", "bn"):
+      chex.assert_trees_all_equal(out[name], params[name])
+    chex.assert_trees_all_equal(out["dense"]["bias"], params["dense"]["bias"])
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_count_density_sparsity_exact(self):
+    params = small_params()
+    m = partial_masks(params)
+
+    def stats(p, mm):
+      kept, total = masks.count(mm)
+      return kept, total, masks.density(mm), masks.sparsity(p, mm)
+
+    kept, total, dens, spars = self.variant(stats)(params, m)
+    assert int(kept) == 80
+    assert int(total) == 216 + 320
+    assert jnp.result_type(kept) == jnp.int32
+    np.testing.assert_allclose(dens, 80 / 536, rtol=1e-6)
+    np.testing.assert_allclose(spars, 1 - 80 / 536, rtol=1e-6)
+
+  def test_count_all_kept_and_all_pruned(self):
+    params = small_params()
+    m = masks.ones_like(params)
+    assert masks.count(m)[0] == 536 and float(masks.sparsity(params, m)) == 0.0
+    m = jax.tree.map(lambda x: jnp.zeros_like(x) if x.ndim else x, m)
+    assert masks.count(m)[0] == 0 and float(masks.sparsity(params, m)) == 1.0
+
+
+# ---------------------------------------------------------------- validate
+
+
+def test_validate_accepts_ones_like():
+  params = small_params()
+  masks.validate(params, masks.ones_like(params))
+  masks.validate(params, partial_masks(params))
+
+
+def test_validate_missing_key_names_path():
+  params = small_params()
+  m = masks.ones_like(params)
+  del m["bn"]
+  with pytest.raises(ValueError, match=re.escape("['bn']")):
+    masks.validate(params, m)
+
+
+def test_validate_extra_leaf_names_path():
+  params = small_params()
+  m = masks.ones_like(params)
+  m["zz_extra"] = jnp.array(True)  # sorts last: only the length differs.
+  with pytest.raises(ValueError, match=re.escape("['zz_extra']")) as err:
+    masks.validate(params, m)
+  assert "masks" in str(err.value)
+  m = masks.ones_like(params)
+  params["zz_extra"] = jnp.ones((2, 2))
+  with pytest.raises(ValueError, match=re.escape("['zz_extra']")) as err:
+    masks.validate(params, m)
+  assert "params" in str(err.value)
+
+
+def test_validate_same_paths_different_containers():
+  x = jnp.ones((2, 2))
+  with pytest.raises(ValueError, match="containers"):
+    masks.validate([x, x], (jnp.ones((2, 2), bool), jnp.ones((2, 2), bool)))
+
+
+def test_validate_wrong_shape_names_first_path():
+  params = small_params()
+  m = masks.ones_like(params)
+  m["conv1"]["kernel"] = jnp.ones((3, 3, 8, 3), bool)
+  m["dense"]["kernel"] = jnp.ones((10, 32), bool)
+  with pytest.raises(ValueError, match=re.escape("['conv1']['kernel']")) as err:
+    masks.validate(params, m)
+  assert "(3, 3, 8, 3)" in str(err.value) and "(3, 3, 3, 8)" in str(err.value)
+  assert "dense" not in str(err.value)
+
+
+def test_validate_non_bool_names_path():
+  params = small_params()
+  m = masks.ones_like(params)
+  m["dense"]["kernel"] = jnp.ones((32, 10), jnp.float32)
+  with pytest.raises(ValueError, match=re.escape("['dense']['kernel']")) as err:
+    masks.validate(params, m)
+  assert "float32" in str(err.value)
+  with pytest.raises(ValueError, match="dense"):
+    masks.sparsity(params, m)
+
+
+# ---------------------------------------------------------------- summaries
+
+
+def test_summary_rows():
+  params = small_params()
+  rows = masks.summary(params, partial_masks(params))
+  assert [(r.path, r.shape, r.kept, r.total) for r in rows] == [
+      ("['conv1']['kernel']", (3, 3, 3, 8), 50, 216),
+      ("['dense']['kernel']", (32, 10), 30, 320),
+  ]
+  assert rows[0].density == pytest.approx(50 / 216)
+  assert rows[1].density == pytest.approx(30 / 320)
+
+
+def test_summary_table_rows_and_total():
+  params = small_params()
+  table = masks.summary_table(params, partial_masks(params)).splitlines()
+  assert len(table) == 2 + 2 + 1  # header, rule, two layers, total.
+  assert table[0].split() == ["path", "shape", "kept", "total", "density"]
+  assert set(table[1].replace(" ", "")) == {"-"}
+  assert table[2].split() == ["['conv1']['kernel']", "3x3x3x8", "50", "216", f"{50 / 216:.4f}"]
+  assert table[3].split() == ["['dense']['kernel']", "32x10", "30", "320", f"{30 / 320:.4f}"]
+  assert table[4].split() == ["total", "80", "536", f"{80 / 536:.4f}"]
+  assert len({len(line) for line in table}) == 1  # aligned columns.
+
+
+# ---------------------------------------------------------------- check_sparsity
+
+
+@pytest.mark.parametrize("value, shown", [(-0.1, "-0.1"), (1.0, "1.0"), (1.5, "1.5")])
+def test_check_sparsity_rejects(value, shown):
+  with pytest.raises(ValueError, match=re.escape(f"sparsity={shown}")):
+    masks.check_sparsity(value)
+  with pytest.raises(ValueError, match=re.escape(f"target={shown}")):
+    masks.check_sparsity(jnp.float32(value) if value != -0.1 else value, "target")
+
+
+@pytest.mark.parametrize("value", [0, 0.0, 0.5, 0.99, np.float32(0.99), jnp.float32(0.3)])
+def test_check_sparsity_accepts(value):
+  masks.check_sparsity(value)
+
+
+def test_check_sparsity_nan_rejected():
+  with pytest.raises(ValueError, match="nan"):
+    masks.check_sparsity(float("nan"))
+
+
+def test_check_sparsity_traced_passes():
+  @jax.jit
+  def f(s):
+    masks.check_sparsity(s)
+    return s * 2
+
+  assert float(f(1.5)) == 3.0  # a traced value cannot be checked, so it passes.
+
+
+# ---------------------------------------------------------------- Flax linen and NNX
+
+
+class _LinenNet(nn.Module):
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = nn.Conv(4, (3, 3))(x)
+    x = nn.BatchNorm(use_running_average=not train)(x)
+    x = x.reshape((x.shape[0], -1))
+    return nn.Dense(3)(x)
+
+
+def test_linen_variables():
+  model = _LinenNet()
+  variables = model.init(jax.random.key(0), jnp.ones((1, 4, 4, 1)))
+  assert set(variables) == {"params", "batch_stats"}
+  assert masks.prunable_paths(variables) == [
+      "['params']['Conv_0']['kernel']", "['params']['Dense_0']['kernel']"]
+  m = masks.ones_like(variables)
+  assert_scalar_true(m["params"]["BatchNorm_0"]["scale"])
+  assert_scalar_true(m["batch_stats"]["BatchNorm_0"]["mean"])
+  keep = np.zeros((64, 3), bool)
+  keep[::2] = True
+  m["params"]["Dense_0"]["kernel"] = jnp.asarray(keep)
+  out = masks.apply(variables, m)
+  dense = np.asarray(out["params"]["Dense_0"]["kernel"])
+  np.testing.assert_array_equal(dense[~keep], 0.0)
+  np.testing.assert_array_equal(dense[keep],
+                                np.asarray(variables["params"]["Dense_0"]["kernel"])[keep])
+  assert masks.count(m) == (96 + 36, 64 * 3 + 36)
+  y = model.apply(out, jnp.ones((2, 4, 4, 1)))
+  assert y.shape == (2, 3)
+
+
+class _NnxNet(nnx.Module):
+
+  def __init__(self, rngs):
+    self.conv = nnx.Conv(1, 4, (3, 3), rngs=rngs)
+    self.bn = nnx.BatchNorm(4, rngs=rngs)
+    self.linear = nnx.Linear(16, 3, rngs=rngs)
+
+  def __call__(self, x):
+    x = self.bn(self.conv(x))
+    return self.linear(x.reshape((x.shape[0], -1)))
+
+
+def test_nnx_state():
+  model = _NnxNet(nnx.Rngs(0))
+  state = nnx.state(model, nnx.Param)
+  paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(state)]
+  # NNX key paths end in the Variable's `.value`.
+  assert "['linear']['kernel'].value" in paths and "['bn']['scale'].value" in paths
+  assert masks.prunable_paths(state) == [
+      "['conv']['kernel'].value", "['linear']['kernel'].value"]
+  m = masks.ones_like(state)
+  assert type(m) is type(state)
+  assert jax.tree.structure(m) == jax.tree.structure(state)
+  masks.validate(state, m)
+  assert_scalar_true(m["bn"]["scale"].get_value())
+  assert_scalar_true(m["linear"]["bias"].get_value())
+  assert_full_bool(m["linear"]["kernel"].get_value(), (16, 3))
+
+  keep = np.arange(48).reshape(16, 3) % 3 == 0
+  m["linear"]["kernel"].set_value(jnp.asarray(keep))
+  pruned = masks.apply(state, m)
+  assert masks.count(m) == (16 + 36, 48 + 36)
+  original = np.array(state["linear"]["kernel"].get_value())
+  assert np.all(original != 0)
+  nnx.update(model, pruned)
+  kernel = np.asarray(model.linear.kernel.get_value())
+  np.testing.assert_array_equal(kernel[~keep], 0.0)
+  np.testing.assert_array_equal(kernel[keep], original[keep])
+  assert model(jnp.ones((2, 2, 2, 1))).shape == (2, 3)
+
+  only_conv = masks.ones_like(state, masks.rule(exclude="linear"))
+  assert [r.path for r in masks.summary(state, only_conv)] == ["['conv']['kernel'].value"]

@@ -1,0 +1,309 @@
+"""The sparse optax wrappers: exact zeros, no gradient leakage, masks on schedule, no recompiles."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from absl.testing import parameterized
+from flax import linen as nn
+from flax import nnx
+
+from sparsejax import masks as masks_lib
+from sparsejax import pruning
+from sparsejax import schedules
+from sparsejax import transforms
+
+INNER = {
+    "sgd": lambda: optax.sgd(0.1),
+    "momentum": lambda: optax.sgd(0.1, momentum=0.9),
+    "nesterov": lambda: optax.sgd(0.1, momentum=0.9, nesterov=True),
+    "adam": lambda: optax.adam(1e-2),
+    "adamw": lambda: optax.adamw(1e-2, weight_decay=0.1),
+    "clip_adam": lambda: optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-2)),
+}
+
+
+def small_params(seed=0):
+  k = jax.random.split(jax.random.key(seed), 3)
+  return {
+      "conv": {"kernel": jax.random.normal(k[0], (3, 3, 2, 8)), "bias": jnp.full((8,), 0.1, jnp.float32)},
+      "dense": {"kernel": jax.random.normal(k[1], (32, 16)), "bias": jnp.full((16,), 0.1, jnp.float32)},
+      "output": {"kernel": jax.random.normal(k[2], (16, 4)), "bias": jnp.zeros((4,))},
+  }
+
+
+def random_grads(key, params):
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(key, len(leaves))
+  return jax.tree.unflatten(treedef, [jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)])
+
+
+def pruned_values(params, masks):
+  """Every param value at a pruned position, concatenated."""
+  return np.concatenate([np.asarray(p)[~np.asarray(m)].ravel()
+                         for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(masks))
+                         if masks_lib.is_prunable_mask(m)])
+
+
+def make_step(opt):
+  @jax.jit
+  def step(params, state, key):
+    updates, state = opt.update(random_grads(key, params), state, params)
+    return optax.apply_updates(params, updates), state
+  return step
+
+
+def state_params_like(state, params):
+  """The params-shaped trees inside an optimizer state (momenta, Adam moments)."""
+  treedef = jax.tree.structure(params)
+  is_like = lambda x: jax.tree.structure(x) == treedef
+  return [x for x in jax.tree.leaves(state, is_leaf=is_like) if is_like(x)]
+
+
+class StaticMasksTest(parameterized.TestCase):
+
+  @parameterized.named_parameters(*[(name, name) for name in INNER])
+  def test_pruned_weights_exactly_zero_and_no_leak(self, name):
+    params = small_params()
+    masks = pruning.random(jax.random.key(1), params, 0.8, "erk")
+    opt = transforms.static_masks(INNER[name](), masks)
+    state = opt.init(params)
+    step = make_step(opt)
+    for i in range(30):
+      params, state = step(params, state, jax.random.key(100 + i))
+      np.testing.assert_array_equal(pruned_values(params, masks), 0.0)
+    # Gradients of pruned weights never reach the inner state: its moments are 0 there.
+    inner_trees = state_params_like(state.inner_state, params)
+    if name != "sgd":
+      self.assertNotEmpty(inner_trees)
+    for tree in inner_trees:
+      np.testing.assert_array_equal(pruned_values(tree, masks), 0.0)
+    # Kept weights did train.
+    kept = np.asarray(params["dense"]["kernel"])[np.asarray(masks["dense"]["kernel"])]
+    self.assertTrue(np.all(np.isfinite(kept)))
+    self.assertGreater(np.abs(kept - np.asarray(small_params()["dense"]["kernel"])[
+        np.asarray(masks["dense"]["kernel"])]).max(), 0.0)
+
+  def test_matches_dense_training_on_kept_weights_when_nothing_pruned(self):
+    params = small_params()
+    opt = transforms.static_masks(optax.adam(1e-2), masks_lib.ones_like(params))
+    ref = optax.adam(1e-2)
+    s, r = opt.init(params), ref.init(params)
+    p1 = p2 = params
+    for i in range(5):
+      g = random_grads(jax.random.key(i), params)
+      u1, s = opt.update(g, s, p1)
+      u2, r = ref.update(g, r, p2)
+      p1, p2 = optax.apply_updates(p1, u1), optax.apply_updates(p2, u2)
+    chex.assert_trees_all_equal(p1, p2)
+
+  def test_vmap_over_models_with_their_own_masks(self):
+    params = jax.vmap(small_params)(jnp.arange(3))
+    keys = jax.random.split(jax.random.key(0), 3)
+    masks = jax.vmap(lambda k, p: pruning.random(k, p, 0.7, "uniform"))(keys, params)
+    inner = optax.sgd(0.1, momentum=0.9)
+    state = jax.vmap(lambda p, m: transforms.static_masks(inner, m).init(p))(params, masks)
+    opt = transforms.static_masks(inner, masks)  # update reads the masks from the state
+    step = jax.vmap(make_step(opt))
+    for i in range(5):
+      params, state = step(params, state, jax.random.split(jax.random.key(i), 3))
+    for b in range(3):
+      p_b = jax.tree.map(lambda x: x[b], params)
+      m_b = jax.tree.map(lambda x: x[b] if x.ndim else x, masks)
+      np.testing.assert_array_equal(pruned_values(p_b, m_b), 0.0)
+    self.assertFalse(np.array_equal(masks["dense"]["kernel"][0], masks["dense"]["kernel"][1]))
+
+  def test_set_masks_reuses_the_compiled_step(self):
+    params = small_params()
+    traces = []
+    opt = transforms.static_masks(optax.sgd(0.1), masks_lib.ones_like(params))
+
+    @jax.jit
+    def step(params, state, key):
+      traces.append(1)
+      updates, state = opt.update(random_grads(key, params), state, params)
+      return optax.apply_updates(params, updates), state
+
+    state = opt.init(params)
+    params, state = step(params, state, jax.random.key(0))
+    new_masks = pruning.magnitude(params, 0.5, transforms.get_masks(state))
+    state = transforms.set_masks(state, new_masks)
+    params, state = step(params, state, jax.random.key(1))
+    self.assertLen(traces, 1)
+    np.testing.assert_array_equal(pruned_values(params, new_masks), 0.0)
+
+  def test_mismatched_masks_name_the_path(self):
+    params = small_params()
+    masks = masks_lib.ones_like(params)
+    masks["dense"]["kernel"] = jnp.ones((32, 15), bool)
+    with pytest.raises(ValueError, match=r"\['dense'\]\['kernel'\]"):
+      transforms.static_masks(optax.sgd(0.1), masks).init(params)
+
+  def test_update_without_params_is_an_error(self):
+    params = small_params()
+    opt = transforms.static_masks(optax.sgd(0.1), masks_lib.ones_like(params))
+    with pytest.raises(ValueError, match="needs the params"):
+      opt.update(params, opt.init(params))
+
+
+class MagnitudePruningTest(chex.TestCase):
+
+  def _run(self, opt, params, steps):
+    state = opt.init(params)
+    step = make_step(opt)
+    history = []
+    for i in range(steps):
+      params, state = step(params, state, jax.random.key(100 + i))
+      masks = transforms.get_masks(state)
+      np.testing.assert_array_equal(pruned_values(params, masks), 0.0)
+      history.append(masks_lib.count(masks)[0])
+    return params, state, np.array(history)
+
+  @parameterized.named_parameters(*[(name, name) for name in INNER])
+  def test_exact_zero_and_schedule_under_every_optimizer(self, name):
+    params = small_params()
+    schedule = schedules.polynomial(0.9, begin_step=2, end_step=20, frequency=3)
+    opt = transforms.magnitude_pruning(INNER[name](), schedule, "uniform")
+    params, state, kept = self._run(opt, params, 30)
+    total = masks_lib.count(transforms.get_masks(state))[1]
+    # Masks change exactly on the pruning steps (the count before step t's update is kept[t]).
+    changed = {t for t in range(1, 30) if kept[t] != kept[t - 1]}
+    update_steps = {t for t in range(30) if bool(schedule.is_update_step(t))}
+    self.assertTrue(changed <= update_steps, (changed, update_steps))
+    self.assertGreater(len(changed), 3)
+    # Exactly the final count per layer: round(0.1 * n).
+    for row in masks_lib.summary(params, transforms.get_masks(state)):
+      self.assertEqual(row.kept, round(0.1 * row.total), row.path)
+    self.assertEqual(int(kept[-1]), sum(round(0.1 * r.total) for r in masks_lib.summary(
+        params, transforms.get_masks(state))))
+    self.assertLessEqual(abs(int(kept[-1]) - 0.1 * total), 3)
+    for tree in state_params_like(state.inner_state, params):
+      np.testing.assert_array_equal(pruned_values(tree, transforms.get_masks(state)), 0.0)
+
+  @parameterized.parameters("uniform", "er", "erk", "global")
+  def test_distributions_reach_target_density(self, distribution):
+    params = small_params()
+    opt = transforms.magnitude_pruning(optax.sgd(0.05, momentum=0.9),
+                                       schedules.polynomial(0.8, 0, 10, 2), distribution)
+    params, state, kept = self._run(opt, params, 12)
+    total = masks_lib.count(transforms.get_masks(state))[1]
+    self.assertLessEqual(abs(int(kept[-1]) - 0.2 * total), 3)
+    self.assertTrue(np.all(np.diff(kept) <= 0), "a pruned weight was revived")
+
+  def test_pruning_is_by_magnitude_of_the_current_weights(self):
+    params = small_params()
+    opt = transforms.magnitude_pruning(optax.sgd(0.0), schedules.one_shot(0.5, step=0))
+    state = opt.init(params)
+    _, state = opt.update(jax.tree.map(jnp.zeros_like, params), state, params)
+    expected = pruning.magnitude(params, 0.5, masks_lib.ones_like(params))
+    chex.assert_trees_all_equal(transforms.get_masks(state), expected)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_same_inside_and_outside_jit(self):
+    params = small_params()
+    opt = transforms.magnitude_pruning(optax.adam(1e-2), schedules.polynomial(0.7, 0, 4, 2), "erk")
+
+    def run(params):
+      state = opt.init(params)
+      for i in range(6):
+        updates, state = opt.update(random_grads(jax.random.key(i), params), state, params)
+        params = optax.apply_updates(params, updates)
+      return params, transforms.get_masks(state)
+
+    params_out, masks_out = self.variant(run)(params)
+    ref_params, ref_masks = run(params)  # eager, op by op
+    chex.assert_trees_all_equal(masks_out, ref_masks)
+    chex.assert_trees_all_close(params_out, ref_params, atol=1e-6)
+
+  def test_one_compilation_across_mask_updates(self):
+    params = small_params()
+    opt = transforms.magnitude_pruning(optax.sgd(0.1), schedules.polynomial(0.9, 0, 20, 5))
+    traces = []
+
+    @jax.jit
+    def step(params, state, key):
+      traces.append(1)
+      updates, state = opt.update(random_grads(key, params), state, params)
+      return optax.apply_updates(params, updates), state
+
+    state = opt.init(params)
+    for i in range(25):
+      params, state = step(params, state, jax.random.key(i))
+    self.assertLen(traces, 1)
+
+  def test_vmap_over_independent_models(self):
+    params = jax.vmap(small_params)(jnp.arange(4))
+    opt = transforms.magnitude_pruning(optax.sgd(0.1, momentum=0.9),
+                                       schedules.polynomial(0.75, 0, 6, 2), "global")
+    state = jax.vmap(opt.init)(params)
+    step = jax.vmap(make_step(opt))
+    for i in range(8):
+      params, state = step(params, state, jax.random.split(jax.random.key(i), 4))
+    masks = transforms.get_masks(state)
+    for b in range(4):
+      p_b = jax.tree.map(lambda x: x[b], params)
+      m_b = jax.tree.map(lambda x: x[b], masks)
+      np.testing.assert_array_equal(pruned_values(p_b, m_b), 0.0)
+      kept, total = masks_lib.count(m_b)
+      self.assertEqual(int(kept), round(0.25 * total))
+
+  def test_get_masks_inside_chain_and_inject_hyperparams(self):
+    params = small_params()
+    inner = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)
+    opt = optax.chain(optax.clip_by_global_norm(1.0),
+                      transforms.magnitude_pruning(inner, schedules.one_shot(0.5)))
+    state = opt.init(params)
+    _, state = opt.update(random_grads(jax.random.key(0), params), state, params)
+    kept, total = masks_lib.count(transforms.get_masks(state))
+    self.assertEqual(int(kept), sum(round(0.5 * x.size) for x in
+                                    (params["conv"]["kernel"], params["dense"]["kernel"],
+                                     params["output"]["kernel"])))
+    with pytest.raises(ValueError, match="found 0"):
+      transforms.get_masks(optax.adam(1e-3).init(params))
+
+  def test_unknown_distribution(self):
+    with pytest.raises(ValueError, match="'bogus'"):
+      transforms.magnitude_pruning(optax.sgd(0.1), schedules.one_shot(0.5), "bogus")
+
+  def test_flax_linen_params(self):
+    model = nn.Sequential([nn.Dense(32), nn.relu, nn.Dense(4)])
+    x = jax.random.normal(jax.random.key(0), (16, 8))
+    variables = model.init(jax.random.key(1), x)
+    opt = transforms.magnitude_pruning(optax.adam(1e-2), schedules.polynomial(0.8, 0, 10, 2))
+    state = opt.init(variables)
+    loss = lambda v: jnp.mean(model.apply(v, x) ** 2)
+
+    @jax.jit
+    def step(v, state):
+      updates, state = opt.update(jax.grad(loss)(v), state, v)
+      return optax.apply_updates(v, updates), state
+
+    for _ in range(12):
+      variables, state = step(variables, state)
+      np.testing.assert_array_equal(pruned_values(variables, transforms.get_masks(state)), 0.0)
+    rows = masks_lib.summary(variables, transforms.get_masks(state))
+    self.assertEqual([r.path for r in rows], ["['params']['layers_0']['kernel']",
+                                              "['params']['layers_2']['kernel']"])
+    self.assertEqual([r.kept for r in rows], [round(0.2 * r.total) for r in rows])
+
+  def test_flax_nnx_state(self):
+    model = nnx.Sequential(nnx.Linear(8, 32, rngs=nnx.Rngs(0)), nnx.relu,
+                           nnx.Linear(32, 4, rngs=nnx.Rngs(1)))
+    graphdef, params = nnx.split(model, nnx.Param)
+    x = jax.random.normal(jax.random.key(0), (16, 8))
+    masks = pruning.random(jax.random.key(2), params, 0.6, "erk")
+    opt = transforms.static_masks(optax.adamw(1e-2, weight_decay=0.1), masks)
+    state = opt.init(params)
+    loss = lambda p: jnp.mean(nnx.merge(graphdef, p)(x) ** 2)
+
+    @jax.jit
+    def step(p, state):
+      updates, state = opt.update(jax.grad(loss)(p), state, p)
+      return optax.apply_updates(p, updates), state
+
+    for _ in range(10):
+      params, state = step(params, state)
+      np.testing.assert_array_equal(pruned_values(params, masks), 0.0)
+    self.assertGreater(float(loss(params)), 0.0)
