@@ -1,0 +1,26 @@
+"""Smoke test: LeNet-300-100 on scikit-learn's 8x8 digits, magnitude pruning, 200 iterations.
+
+For tests and CI only, not a published setting: small enough to train, evaluate, checkpoint and
+prune in seconds on a CPU. Zhu & Gupta (2017) gradual magnitude pruning (eq. 1) to 90% sparsity
+from iteration 0 to 150, every 25 iterations; evaluation and logging every 50 iterations and a
+checkpoint every 100, so a run exercises every periodic path of the trainer more than once.
+"""
+
+from experiments.config import defaults
+
+
+def get_config():
+  config = defaults()
+  config.method = "magnitude"
+  config.model = "lenet300"
+  config.dataset = "digits"
+  config.batch_size = 64
+  config.steps = "200it"
+  config.eval_every = "50it"
+  config.log_every = "50it"
+  config.checkpoint_every = "100it"
+  config.final_sparsity = 0.9
+  config.pruning_begin = "0it"
+  config.pruning_end = "150it"
+  config.pruning_frequency = "25it"
+  return config

@@ -1,0 +1,128 @@
+"""One experiment from a config: data, model, method, training, and the files it leaves.
+
+Workdir layout::
+
+  config.json            the resolved config (a workdir refuses a different one)
+  checkpoints/           orbax checkpoints (atomic), the latest two
+  metrics.jsonl          one JSON row per event; tensorboard/ the same as event files
+  masks.npz              the final masks, keyed by param path
+  sparsity_report.txt    per-layer kept / total / density table (and .json)
+  summary.json           method, density, test_accuracy, best_test_accuracy, early_stop_step, ...
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from experiments import data as data_lib
+from experiments import methods as methods_lib
+from experiments import models
+from experiments import trainer
+from experiments.config import ConfigError, finalize
+from sparsejax import masks as masks_lib
+
+PyTree = Any
+
+
+def write_json(path: str, value: Any) -> None:
+  """Writes JSON atomically (a reader never sees a half-written file)."""
+  directory = os.path.dirname(path) or "."
+  with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, suffix=".tmp") as f:
+    json.dump(value, f, indent=2, sort_keys=True)
+    f.write("\n")
+  os.replace(f.name, path)
+
+
+def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Creates ``workdir``, or checks that the run it holds has the same config."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = tempfile.NamedTemporaryFile(dir=workdir, delete=True)
+    probe.close()
+  except OSError as e:
+    raise ConfigError(f"workdir={workdir!r} is not writable ({e.strerror}); "
+                      "pass a directory you can write to.") from None
+  path = os.path.join(workdir, "config.json")
+  current = json.loads(config.to_json())
+  if os.path.exists(path):
+    with open(path) as f:
+      previous = json.load(f)
+    differing = sorted(k for k in set(previous) | set(current)
+                       if previous.get(k) != current.get(k))
+    if differing:
+      detail = ", ".join(f"{k}: {previous.get(k)!r} -> {current.get(k)!r}" for k in differing)
+      raise ConfigError(f"workdir={workdir!r} holds a run with a different config ({detail}); "
+                        "use a new --workdir, or the same config to resume.")
+    return
+  write_json(path, current)
+
+
+def prunable_rule(config: ml_collections.ConfigDict):
+  return masks_lib.rule(exclude=config.prune_exclude or None)
+
+
+def load_data(config: ml_collections.ConfigDict) -> data_lib.Dataset:
+  return data_lib.load(config.dataset, data_dir=config.data_dir or None,
+                       train_subset=config.train_subset or None,
+                       test_subset=config.test_subset or None)
+
+
+def build_task(config: ml_collections.ConfigDict, data: data_lib.Dataset):
+  """(task, params, model_state) for the config's model on ``data``."""
+  model, params, model_state = models.create(config.model, num_classes=data.num_classes,
+                                             input_shape=data.input_shape, seed=config.seed)
+  durations = trainer.Durations.from_config(config, data.num_train)
+  task = trainer.Task(model, data, durations, config.batch_size, config.augment)
+  return task, params, model_state
+
+
+def save_masks(workdir: str, params: PyTree, masks: PyTree) -> None:
+  """``masks.npz`` (prunable leaves by path) and the per-layer report, both atomically."""
+  arrays = {jax.tree_util.keystr(p): np.asarray(m)
+            for (p, _), m in zip(jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(masks))
+            if masks_lib.is_prunable_mask(m)}
+  tmp = os.path.join(workdir, "masks.tmp.npz")
+  np.savez_compressed(tmp, **arrays)
+  os.replace(tmp, os.path.join(workdir, "masks.npz"))
+  rows = masks_lib.summary(params, masks)
+  write_json(os.path.join(workdir, "sparsity_report.json"),
+             [{"path": r.path, "shape": list(r.shape), "kept": r.kept, "total": r.total,
+               "density": r.density} for r in rows])
+  with open(os.path.join(workdir, "sparsity_report.txt.tmp"), "w") as f:
+    f.write(masks_lib.summary_table(params, masks) + "\n")
+  os.replace(os.path.join(workdir, "sparsity_report.txt.tmp"),
+             os.path.join(workdir, "sparsity_report.txt"))
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Runs (or resumes) the experiment ``config`` in ``workdir`` and returns its summary."""
+  config = finalize(config)
+  prepare_workdir(workdir, config)
+  data = load_data(config)
+  task, params, model_state = build_task(config, data)
+  prunable = prunable_rule(config)
+  ctx = methods_lib.MethodContext(
+      config=config,
+      inner=trainer.base_optimizer(config, trainer.learning_rate_schedule(config, task.durations)),
+      params=params, model_state=model_state, task=task,
+      key=jax.random.fold_in(jax.random.PRNGKey(config.seed), 3), prunable=prunable)
+  optimizer = methods_lib.METHODS[config.method](ctx)
+  state = trainer.init_state(params, model_state, optimizer, config.seed)
+  logging.info("%s: %s on %s (%d train / %d test), %d steps of batch %d (%d per epoch)",
+               config.method, config.model, config.dataset, data.num_train, data.num_test,
+               task.durations.total, config.batch_size, task.durations.steps_per_epoch)
+  state, summary = trainer.train(task, trainer.make_train_steps(task, optimizer),
+                                 trainer.make_evaluate(task), state, workdir, prunable=prunable)
+  save_masks(workdir, state["params"], trainer.masks_of(state, prunable))
+  summary = {"method": config.method, "model": config.model, "dataset": config.dataset,
+             "seed": config.seed, **summary}
+  write_json(os.path.join(workdir, "summary.json"), summary)
+  return summary

@@ -1,0 +1,368 @@
+"""Jitted training and evaluation, the training loop, orbax checkpoints and metric writers.
+
+The loop runs whole chunks of steps inside one jitted ``lax.fori_loop`` (between two events:
+evaluation, logging, checkpointing), so the host only wakes up at events. Batches are drawn on
+the device from device-resident arrays in an order that is a pure function of
+``(data_key, epoch, step)``; together with the checkpointed state this makes a resumed run
+bitwise identical to an uninterrupted one on CPU.
+
+The state is a plain dict (``step``, ``params``, ``model_state``, ``opt_state``, ``data_key``,
+``aug_key``) so orbax can checkpoint it and IMP (``experiments.lottery``) can rewind it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import logging
+from jax import lax
+
+from experiments import data as data_lib
+from experiments import models
+from experiments.config import ConfigError, parse_duration
+from sparsejax import masks as masks_lib
+from sparsejax import transforms
+
+PyTree = Any
+EVAL_BATCH = 1000
+
+
+class TrainingError(RuntimeError):
+  """Training cannot go on (e.g. the loss became NaN); the message says at which step."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Durations:
+  """Step counts of one experiment, resolved from the config's durations."""
+  steps_per_epoch: int
+  total: int
+  eval_every: int
+  log_every: int
+  checkpoint_every: int
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict, num_train: int) -> "Durations":
+    try:
+      spe = data_lib.steps_per_epoch(num_train, config.batch_size)
+    except ValueError as e:
+      raise ConfigError(f"batch_size={config.batch_size}: {e}") from None
+    total = parse_duration(config.steps, spe, "steps")
+    if total <= 0:
+      raise ConfigError(f"steps={config.steps!r} gives no training step.")
+    every = lambda key: max(1, parse_duration(config[key], spe, key))
+    return cls(spe, total, every("eval_every"), every("log_every"), every("checkpoint_every"))
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict, d: Durations) -> optax.Schedule:
+  """Constant, step (milestones x gamma) or cosine decay, after an optional linear warm-up."""
+  lr = config.learning_rate
+  warmup = parse_duration(config.warmup, d.steps_per_epoch, "warmup")
+  if config.lr_schedule == "constant":
+    main = optax.constant_schedule(lr)
+  elif config.lr_schedule == "step":
+    boundaries = [parse_duration(m, d.steps_per_epoch, "lr_milestones") - warmup
+                  for m in config.lr_milestones]
+    main = optax.piecewise_constant_schedule(lr, {b: config.lr_gamma for b in boundaries})
+  else:
+    main = optax.cosine_decay_schedule(lr, max(1, d.total - warmup))
+  if warmup == 0:
+    return main
+  return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
+
+
+def base_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule):
+  """The dense optimizer; weight decay is L2 (added to the gradient) except for AdamW."""
+  name, wd = config.optimizer, config.weight_decay
+  if name == "adamw":
+    return optax.adamw(schedule, weight_decay=wd)
+  inner = {
+      "sgd": lambda: optax.sgd(schedule),
+      "momentum": lambda: optax.sgd(schedule, momentum=config.momentum),
+      "nesterov": lambda: optax.sgd(schedule, momentum=config.momentum, nesterov=True),
+      "adam": lambda: optax.adam(schedule),
+  }[name]()
+  return optax.chain(optax.add_decayed_weights(wd), inner) if wd else inner
+
+
+def cross_entropy(logits, labels):
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Task:
+  """What the jitted functions close over: model, data and sizes (never arrays that change)."""
+  model: models.Model
+  data: data_lib.Dataset
+  durations: Durations
+  batch_size: int
+  augment: bool
+
+  def loss(self, params, model_state, x, y, train: bool):
+    logits, new_state = self.model.apply(params, model_state, x, train=train)
+    return cross_entropy(logits, y), (logits, new_state)
+
+
+def make_train_steps(task: Task, optimizer: optax.GradientTransformation) -> Callable:
+  """``train_steps(state, n) -> (state, (loss_sum, correct_sum))``: n steps in one jitted loop."""
+  data, spe, bs = task.data, task.durations.steps_per_epoch, task.batch_size
+  grad_fn = jax.grad(task.loss, has_aux=True)
+
+  def one_step(i, carry):
+    state, perm, loss_sum, correct = carry
+    step = state["step"]
+    epoch, within = step // spe, step % spe
+    perm = lax.cond(within == 0,
+                    lambda: data_lib.epoch_permutation(state["data_key"], epoch, data.num_train),
+                    lambda: perm)
+    x, y = data_lib.batch_at(data.train_x, data.train_y, perm, within, bs)
+    if task.augment:
+      x = data_lib.augment(jax.random.fold_in(state["aug_key"], step), x)
+    params = state["params"]
+    grads, (logits, model_state) = grad_fn(params, state["model_state"], x, y, True)
+    updates, opt_state = optimizer.update(grads, state["opt_state"], params)
+    new_state = dict(state, step=step + 1, params=optax.apply_updates(params, updates),
+                     model_state=model_state, opt_state=opt_state)
+    loss = cross_entropy(logits, y)
+    return (new_state, perm, loss_sum + loss,
+            correct + jnp.sum(jnp.argmax(logits, -1) == y, dtype=jnp.int32))
+
+  @jax.jit
+  def train_steps(state, n):
+    perm = data_lib.epoch_permutation(state["data_key"], state["step"] // spe, data.num_train)
+    state, _, loss_sum, correct = lax.fori_loop(
+        0, n, one_step, (state, perm, jnp.float32(0), jnp.int32(0)))
+    return state, (loss_sum, correct)
+
+  return train_steps
+
+
+def make_evaluate(task: Task) -> Callable:
+  """``evaluate(params, model_state) -> (mean loss, accuracy)`` on the whole test split."""
+  x, y = task.data.test_x, task.data.test_y
+  n = x.shape[0]
+  batch = min(EVAL_BATCH, n)
+  pad = -n % batch
+  xs = jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1)).reshape(-1, batch, *x.shape[1:])
+  ys = jnp.pad(y, (0, pad)).reshape(-1, batch)
+  weights = (jnp.arange(n + pad) < n).reshape(-1, batch)
+
+  @jax.jit
+  def evaluate(params, model_state):
+    def one(args):
+      xb, yb, wb = args
+      logits, _ = task.model.apply(params, model_state, xb, train=False)
+      losses = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
+      return jnp.sum(losses * wb), jnp.sum((jnp.argmax(logits, -1) == yb) & wb)
+    losses, correct = lax.map(one, (xs, ys, weights))
+    return jnp.sum(losses) / n, jnp.sum(correct) / n
+
+  return evaluate
+
+
+def init_state(params, model_state, optimizer, seed: int, data_seed: int | None = None) -> dict:
+  """The training state at step 0; the data order comes from ``data_seed`` (default: seed)."""
+  root = jax.random.PRNGKey(seed)
+  data_key = jax.random.fold_in(jax.random.PRNGKey(seed if data_seed is None else data_seed), 1)
+  return {
+      "step": jnp.int32(0),
+      "params": params,
+      "model_state": model_state,
+      "opt_state": optimizer.init(params),
+      "data_key": data_key,
+      "aug_key": jax.random.fold_in(root, 2),
+  }
+
+
+def density(masks: PyTree) -> float:
+  """Fraction of prunable weights kept, from exact integer counts."""
+  kept, total = masks_lib.count(masks)
+  return int(kept) / total
+
+
+def masks_of(state: dict, prunable: masks_lib.Prunable = None) -> PyTree:
+  """The masks in the optimizer state, or all-ones masks for a dense run."""
+  try:
+    return transforms.get_masks(state["opt_state"])
+  except ValueError:
+    return masks_lib.ones_like(state["params"], prunable)
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs: metrics (JSON lines + TensorBoard) and checkpoints.
+
+
+class MetricWriter:
+  """Appends metric rows to ``metrics.jsonl`` and TensorBoard event files in ``directory``."""
+
+  def __init__(self, directory: str, resume_step: int):
+    from tensorboardX import SummaryWriter
+    self.path = os.path.join(directory, "metrics.jsonl")
+    if os.path.exists(self.path):
+      # Rows past the restored checkpoint belong to work that will be redone: drop them.
+      with open(self.path) as f:
+        kept = [line for line in f if json.loads(line)["step"] <= resume_step]
+      tmp = self.path + ".tmp"
+      with open(tmp, "w") as f:
+        f.writelines(kept)
+      os.replace(tmp, self.path)
+    self.tb = SummaryWriter(os.path.join(directory, "tensorboard"))
+
+  def write(self, step: int, **metrics):
+    with open(self.path, "a") as f:
+      f.write(json.dumps({"step": step, **metrics}) + "\n")
+    for name, value in metrics.items():
+      self.tb.add_scalar(name, value, step)
+
+  def close(self):
+    self.tb.close()
+
+
+class Checkpoints:
+  """Atomic orbax checkpoints of the training state plus a JSON record of the run so far."""
+
+  def __init__(self, directory: str, max_to_keep: int = 2):
+    self.manager = ocp.CheckpointManager(
+        os.path.abspath(directory),
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                             enable_async_checkpointing=False),
+        item_names=("state", "record"))
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state: dict, record: dict):
+    self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                    record=ocp.args.JsonSave(record)), force=True)
+    self.manager.wait_until_finished()
+
+  def restore(self, step: int, target: dict) -> tuple[dict, dict]:
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    restored = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), record=ocp.args.JsonRestore()))
+    return restored["state"], restored["record"]
+
+  def close(self):
+    self.manager.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop.
+
+
+@dataclasses.dataclass
+class Record:
+  """What a run has measured so far; saved with every checkpoint."""
+  evals: list = dataclasses.field(default_factory=list)  # [step, test_loss, test_accuracy]
+  wall_seconds: float = 0.0
+
+  def best(self) -> dict:
+    if not self.evals:
+      return {"best_test_accuracy": None, "early_stop_step": None}
+    # Early-stopping iteration as in the LTH papers: the evaluation with the lowest loss.
+    early = min(self.evals, key=lambda e: (e[1], e[0]))
+    return {"best_test_accuracy": max(e[2] for e in self.evals), "early_stop_step": early[0]}
+
+
+def _format_eta(seconds: float) -> str:
+  seconds = int(max(0, seconds))
+  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def train(task: Task, train_steps: Callable, evaluate: Callable, state: dict, workdir: str, *,
+          end_step: int | None = None, prunable: masks_lib.Prunable = None,
+          label: str = "") -> tuple[dict, dict]:
+  """Trains ``state`` up to ``end_step`` (default: the config's total), resuming from ``workdir``.
+
+  Returns the final state and a summary dict (test accuracy, best accuracy, early-stop step,
+  density, steps, wall seconds). Everything is written under ``workdir``: ``checkpoints/``,
+  ``metrics.jsonl``, ``tensorboard/``.
+  """
+  d = task.durations
+  end = d.total if end_step is None else end_step
+  os.makedirs(workdir, exist_ok=True)
+  checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"))
+  record = Record()
+  latest = checkpoints.latest_step()
+  if latest is not None:
+    state, saved = checkpoints.restore(latest, state)
+    record = Record(**saved)
+    logging.info("%sresumed from the checkpoint at step %d", label, latest)
+  step = int(state["step"])
+  writer = MetricWriter(workdir, step)
+  start_wall = time.time() - record.wall_seconds
+  loss_sum, correct_sum, count = 0.0, 0, 0
+  last_log_time, last_log_step = time.time(), step
+
+  def next_event(s):
+    return min(end, *((s // every + 1) * every for every in (d.eval_every, d.log_every,
+                                                             d.checkpoint_every)))
+
+  try:
+    if not record.evals:
+      test_loss, test_acc = (float(v) for v in evaluate(state["params"], state["model_state"]))
+      record.evals.append([step, test_loss, test_acc])
+      writer.write(step, test_loss=test_loss, test_accuracy=test_acc)
+    while step < end:
+      target = next_event(step)
+      state, (l, c) = train_steps(state, target - step)
+      loss_sum += float(l)
+      correct_sum += int(c)
+      count += target - step
+      step = target
+      if not math.isfinite(loss_sum):
+        raise TrainingError(
+            f"{label}the training loss became {loss_sum} by step {step}; lower learning_rate "
+            "or check the data.")
+      metrics = {}
+      if step % d.log_every == 0 or step == end:
+        now = time.time()
+        rate = (step - last_log_step) / max(now - last_log_time, 1e-9)
+        density_now = density(masks_of(state, prunable))
+        metrics.update(train_loss=loss_sum / count, train_accuracy=correct_sum / (
+            count * task.batch_size), density=density_now, steps_per_second=rate)
+        loss_sum, correct_sum, count = 0.0, 0, 0
+        last_log_time, last_log_step = now, step
+      if step % d.eval_every == 0 or step == end:
+        test_loss, test_acc = (float(v) for v in evaluate(state["params"], state["model_state"]))
+        record.evals.append([step, test_loss, test_acc])
+        metrics.update(test_loss=test_loss, test_accuracy=test_acc)
+      if metrics:
+        writer.write(step, **metrics)
+        if "train_loss" in metrics:
+          eta = (end - step) / max(metrics["steps_per_second"], 1e-9)
+          test = (f" | test acc {metrics['test_accuracy']:.4f}" if "test_accuracy" in metrics
+                  else "")
+          logging.info("%sstep %d/%d (%.0f%%) | loss %.4f acc %.4f%s | density %.4f | "
+                       "%.0f it/s | ETA %s", label, step, end, 100 * step / end,
+                       metrics["train_loss"], metrics["train_accuracy"], test,
+                       metrics["density"], metrics["steps_per_second"], _format_eta(eta))
+      if step % d.checkpoint_every == 0 or step == end:
+        record.wall_seconds = time.time() - start_wall
+        checkpoints.save(step, state, dataclasses.asdict(record))
+  finally:
+    writer.close()
+    checkpoints.close()
+
+  final_loss, final_acc = record.evals[-1][1], record.evals[-1][2]
+  masks = masks_of(state, prunable)
+  summary = {
+      "density": density(masks),
+      "test_accuracy": final_acc,
+      "test_loss": final_loss,
+      **record.best(),
+      "steps": step,
+      "wall_seconds": time.time() - start_wall,
+  }
+  return state, summary

@@ -1,0 +1,184 @@
+"""Tests for configs/*.py and experiments/config.py: every config file loads and validates, the
+published hyperparameters are the ones the configs claim, and bad configs fail loudly."""
+
+import importlib.util
+import pathlib
+
+import ml_collections
+import pytest
+
+from experiments import config as config_lib
+from experiments import models
+
+CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
+CONFIG_FILES = sorted(p for p in CONFIG_DIR.glob("*.py") if p.name != "__init__.py")
+CONFIG_NAMES = [p.stem for p in CONFIG_FILES]
+REQUIRED = ("lenet300_dense", "lenet300_magnitude", "lenet300_random_erk")
+SHORT_RUNS = ("lenet300_quick", "digits_smoke")  # Deliberately not the published recipes.
+STEPS_PER_EPOCH = 469  # Fashion-MNIST at batch 128; any positive value checks the arithmetic.
+
+
+def _load(name: str) -> ml_collections.ConfigDict:
+  path = CONFIG_DIR / f"{name}.py"
+  spec = importlib.util.spec_from_file_location(f"configs_under_test.{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  assert module.__doc__ and module.__doc__.strip(), (
+      f"{path.name} needs a docstring citing its source")
+  return module.get_config()
+
+
+def _finalized(name: str) -> ml_collections.ConfigDict:
+  return config_lib.finalize(_load(name))
+
+
+def test_config_files_found():
+  assert CONFIG_FILES, f"no config files in {CONFIG_DIR}"
+
+
+@pytest.mark.parametrize("name", REQUIRED)
+def test_required_configs_exist(name):
+  assert name in CONFIG_NAMES
+
+
+@pytest.mark.parametrize("name", CONFIG_NAMES)
+def test_config_loads_and_validates(name):
+  config = _load(name)
+  assert isinstance(config, ml_collections.ConfigDict)
+  assert set(config.keys()) == set(config_lib.defaults().keys())
+  config_lib.finalize(config)
+  assert config.model in models.MODELS
+
+
+@pytest.mark.parametrize("name", CONFIG_NAMES)
+def test_config_is_fresh_each_call(name):
+  first, second = _load(name), _load(name)
+  first.seed = 12345
+  assert second.seed != 12345
+
+
+@pytest.mark.parametrize("name", CONFIG_NAMES)
+def test_pruning_window_lies_inside_training(name):
+  config = _finalized(name)
+  steps = config_lib.parse_duration(config.steps, STEPS_PER_EPOCH, "steps")
+  begin = config_lib.parse_duration(config.pruning_begin, STEPS_PER_EPOCH, "pruning_begin")
+  end = config_lib.parse_duration(config.pruning_end, STEPS_PER_EPOCH, "pruning_end", total=steps)
+  frequency = config_lib.parse_duration(config.pruning_frequency, STEPS_PER_EPOCH,
+                                        "pruning_frequency")
+  assert steps > 0 and frequency > 0
+  if config.method == "magnitude":
+    assert 0 <= begin < end <= steps
+
+
+@pytest.mark.parametrize("name", [n for n in CONFIG_NAMES if n.startswith("lenet300")
+                                  and n not in SHORT_RUNS])
+def test_lenet_configs_follow_openlth(name):
+  config = _finalized(name)
+  assert config.model == "lenet300"
+  assert config.dataset == "fashion_mnist"
+  assert (config.optimizer, config.learning_rate, config.lr_schedule) == ("sgd", 0.1, "constant")
+  assert config.batch_size == 128
+  assert config.steps == "40ep"
+  assert config.weight_decay == 0.0
+
+
+def test_lenet_method_settings():
+  assert _finalized("lenet300_dense").method == "dense"
+  magnitude = _finalized("lenet300_magnitude")
+  assert (magnitude.method, magnitude.final_sparsity, magnitude.distribution) == (
+      "magnitude", 0.9, "uniform")
+  assert (magnitude.pruning_begin, magnitude.pruning_end, magnitude.pruning_frequency) == (
+      "2ep", "30ep", "100it")
+  random_erk = _finalized("lenet300_random_erk")
+  assert (random_erk.method, random_erk.distribution, random_erk.final_sparsity) == (
+      "random", "erk", 0.9)
+  snip = _finalized("lenet300_snip")
+  assert (snip.method, snip.distribution, snip.final_sparsity) == ("snip", "global", 0.9)
+
+
+def test_quick_and_smoke_configs():
+  quick = _finalized("lenet300_quick")
+  assert (quick.model, quick.dataset, quick.method, quick.final_sparsity) == (
+      "lenet300", "fashion_mnist", "magnitude", 0.9)
+  assert (quick.steps, quick.pruning_begin, quick.pruning_end, quick.eval_every) == (
+      "3ep", "0ep", "2ep", "1ep")
+  smoke = _finalized("digits_smoke")
+  assert (smoke.dataset, smoke.model, smoke.method, smoke.batch_size) == (
+      "digits", "lenet300", "magnitude", 64)
+  assert (smoke.steps, smoke.eval_every, smoke.log_every, smoke.checkpoint_every) == (
+      "200it", "50it", "50it", "100it")
+  assert (smoke.pruning_begin, smoke.pruning_end, smoke.pruning_frequency) == (
+      "0it", "150it", "25it")
+
+
+@pytest.mark.parametrize("model,lr,steps", [("conv2", 2e-4, "20000it"), ("conv4", 3e-4, "25000it"),
+                                            ("conv6", 3e-4, "30000it")])
+def test_conv_configs_follow_lth_paper(model, lr, steps):
+  config = _finalized(f"{model}_cifar10")
+  assert (config.model, config.dataset, config.augment) == (model, "tfds:cifar10", True)
+  assert (config.optimizer, config.learning_rate, config.lr_schedule) == ("adam", lr, "constant")
+  assert (config.batch_size, config.steps) == (60, steps)
+  assert (config.method, config.final_sparsity) == ("magnitude", 0.9)
+
+
+@pytest.mark.parametrize("name", [n for n in CONFIG_NAMES if n.startswith(("vgg", "resnet"))])
+def test_vgg_resnet_configs_follow_openlth(name):
+  config = _finalized(name)
+  assert (config.dataset, config.augment) == ("tfds:cifar10", True)
+  assert (config.optimizer, config.momentum, config.learning_rate) == ("momentum", 0.9, 0.1)
+  assert config.weight_decay == 1e-4
+  assert config.lr_schedule == "step"
+  assert tuple(config.lr_milestones) == ("80ep", "120ep")
+  assert config.lr_gamma == 0.1
+  assert (config.batch_size, config.steps) == (128, "160ep")
+  assert (config.method, config.final_sparsity) == ("magnitude", 0.9)
+
+
+def test_vgg16_and_resnet20_configs_exist():
+  assert {"vgg16_cifar10", "resnet20_cifar10"} <= set(CONFIG_NAMES)
+
+
+def test_finalize_locks_unknown_keys():
+  config = config_lib.finalize(config_lib.defaults())
+  with pytest.raises(AttributeError, match="bogus"):
+    config.bogus = 1
+
+
+def test_validate_names_an_extra_key():
+  config = config_lib.defaults()
+  config.bogus = 1
+  with pytest.raises(config_lib.ConfigError, match="bogus"):
+    config_lib.validate(config)
+
+
+def test_bad_duration_names_the_key():
+  config = config_lib.defaults()
+  config.steps = "40 epochs"
+  with pytest.raises(config_lib.ConfigError, match="steps"):
+    config_lib.finalize(config)
+
+
+@pytest.mark.parametrize("sparsity", [1.0, -0.1])
+def test_final_sparsity_out_of_range(sparsity):
+  config = config_lib.defaults()
+  config.final_sparsity = sparsity
+  with pytest.raises(config_lib.ConfigError, match="final_sparsity"):
+    config_lib.finalize(config)
+
+
+@pytest.mark.parametrize("value,steps_per_epoch,total,expected", [
+    ("40ep", 469, None, 18760),
+    ("500it", 469, None, 500),
+    ("75%", 469, 1000, 750),
+    ("0ep", 469, None, 0),
+    ("0.5ep", 100, None, 50),
+])
+def test_parse_duration(value, steps_per_epoch, total, expected):
+  assert config_lib.parse_duration(value, steps_per_epoch, total=total) == expected
+
+
+@pytest.mark.parametrize("value,total", [("40 epochs", None), ("75%", None), ("1.5it", None),
+                                         ("", None), ("ep", 10)])
+def test_parse_duration_rejects(value, total):
+  with pytest.raises(config_lib.ConfigError, match="my_key"):
+    config_lib.parse_duration(value, 469, "my_key", total=total)
