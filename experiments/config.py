@@ -12,7 +12,8 @@ import re
 
 import ml_collections
 
-METHODS = ("dense", "magnitude", "random", "snip")
+METHODS = ("dense", "magnitude", "random", "snip", "imp")
+CONTROLS = ("reinit", "shuffle_layerwise", "shuffle_global")
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
 LR_SCHEDULES = ("constant", "step", "cosine")
 DISTRIBUTIONS = ("uniform", "er", "erk", "global")
@@ -58,6 +59,18 @@ def defaults() -> ml_collections.ConfigDict:
   c.pruning_frequency = "100it"
   c.pruning_power = 3.0
   c.snip_batch_size = 128
+
+  # Lottery tickets: iterative magnitude pruning with rewinding (method "imp"); distribution
+  # "global" ranks all prunable weights together, "uniform" prunes every layer by the fraction.
+  c.levels = 10
+  c.prune_fraction = 0.2
+  c.prune_fraction_overrides = ""  # "regex=fraction,...", e.g. "output=0.1"
+  c.rewind = "0it"
+  c.reset_optimizer = True         # OpenLTH re-creates the optimizer at every level
+  c.controls = ()                  # any of "reinit", "shuffle_layerwise", "shuffle_global"
+  c.replicates = 1
+  c.instability = False            # linear mode connectivity of two copies at every level
+  c.instability_alphas = 30
   return c
 
 
@@ -97,6 +110,37 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for milestone in config.lr_milestones:
     parse_duration(milestone, 1, "lr_milestones")
   parse_duration(config.pruning_end, 1, "pruning_end", total=1)
+  parse_duration(config.rewind, 1, "rewind")
+  if config.levels < 0 or config.replicates < 1:
+    raise ConfigError(f"levels={config.levels!r} must be >= 0 and replicates="
+                      f"{config.replicates!r} >= 1.")
+  if not 0.0 < config.prune_fraction < 1.0:
+    raise ConfigError(f"prune_fraction={config.prune_fraction!r} must lie in (0, 1).")
+  parse_overrides(config.prune_fraction_overrides)
+  for control in config.controls:
+    if control not in CONTROLS:
+      raise ConfigError(f"controls: {control!r} is not one of {list(CONTROLS)}.")
+  if config.method == "imp" and config.distribution not in ("global", "uniform"):
+    raise ConfigError(f"distribution={config.distribution!r}: IMP prunes 'global'ly or "
+                      "layerwise ('uniform').")
+  if config.instability_alphas < 2:
+    raise ConfigError(f"instability_alphas={config.instability_alphas!r} must be >= 2.")
+
+
+def parse_overrides(text: str) -> dict[str, float]:
+  """``"output=0.1,conv1=0"`` -> {"output": 0.1, "conv1": 0.0} (path regex -> prune fraction)."""
+  out = {}
+  for item in filter(None, (part.strip() for part in text.split(","))):
+    pattern, sep, value = item.rpartition("=")
+    try:
+      fraction = float(value)
+    except ValueError:
+      fraction = -1.0
+    if not sep or not pattern or not 0.0 <= fraction < 1.0:
+      raise ConfigError(f"prune_fraction_overrides: {item!r} is not 'regex=fraction' with a "
+                        "fraction in [0, 1), e.g. 'output=0.1'.")
+    out[pattern] = fraction
+  return out
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ep|it|%)\s*$")

@@ -70,13 +70,20 @@ def prunable_rule(config: ml_collections.ConfigDict):
 
 
 def load_data(config: ml_collections.ConfigDict) -> data_lib.Dataset:
-  return data_lib.load(config.dataset, data_dir=config.data_dir or None,
-                       train_subset=config.train_subset or None,
-                       test_subset=config.test_subset or None)
+  try:
+    return data_lib.load(config.dataset, data_dir=config.data_dir or None,
+                         train_subset=config.train_subset or None,
+                         test_subset=config.test_subset or None)
+  except data_lib.DatasetNotFoundError:
+    raise
+  except ValueError as e:
+    raise ConfigError(f"dataset={config.dataset!r}: {e}") from None
 
 
 def build_task(config: ml_collections.ConfigDict, data: data_lib.Dataset):
   """(task, params, model_state) for the config's model on ``data``."""
+  if config.model not in models.MODELS:
+    raise ConfigError(f"model={config.model!r} is not one of {list(models.MODELS)}.")
   model, params, model_state = models.create(config.model, num_classes=data.num_classes,
                                              input_shape=data.input_shape, seed=config.seed)
   durations = trainer.Durations.from_config(config, data.num_train)
@@ -105,9 +112,14 @@ def save_masks(workdir: str, params: PyTree, masks: PyTree) -> None:
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs (or resumes) the experiment ``config`` in ``workdir`` and returns its summary."""
   config = finalize(config)
-  prepare_workdir(workdir, config)
+  # Data and model errors come before the workdir records the config, so that the corrected
+  # config can still use the same workdir.
   data = load_data(config)
   task, params, model_state = build_task(config, data)
+  prepare_workdir(workdir, config)
+  if config.method == "imp":
+    from experiments import imp  # imp builds on this module
+    return imp.run(config, workdir, data)
   prunable = prunable_rule(config)
   ctx = methods_lib.MethodContext(
       config=config,

@@ -9,14 +9,15 @@ stop the run with one line that names the problem; what the workdir already hold
 """
 
 import logging as std_logging
+import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments import data as data_lib
-from experiments import experiment
-from experiments.config import ConfigError
+from experiments import experiment, report
+from experiments.config import ConfigError, defaults
 from experiments.trainer import TrainingError
 
 config_flags.DEFINE_config_file("config", None, "Path to a config file (get_config()).",
@@ -33,6 +34,20 @@ def _quiet_libraries(record) -> bool:
   return record.levelno >= std_logging.WARNING or "/experiments/" in record.pathname
 
 
+def parse_flags(argv):
+  """absl's flag parsing, with an unknown ``--config.KEY`` reported in one line, not a traceback."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError):
+    valid = set(defaults().keys())
+    keys = [a.split("=")[0][len("--config."):] for a in argv[1:] if a.startswith("--config.")]
+    unknown = [key for key in keys if key.split(".")[0] not in valid]
+    if not unknown:
+      raise
+    print(f"error: unknown config key(s) {unknown}; valid keys: {sorted(valid)}.", file=sys.stderr)
+    sys.exit(1)
+
+
 def main(argv):
   for handler in std_logging.getLogger().handlers:
     handler.addFilter(_quiet_libraries)
@@ -43,10 +58,14 @@ def main(argv):
   except USER_ERRORS as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
+  if "levels" in summary:  # a lottery-ticket run: the level table and the figure
+    print(report.markdown(summary))
+    print(f"figure: {os.path.join(FLAGS.workdir, 'report.png')}")
+    return
   logging.info("summary: %s", summary)
   print(f"test accuracy {summary['test_accuracy']:.4f} at density {summary['density']:.4f}; "
         f"results in {FLAGS.workdir}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

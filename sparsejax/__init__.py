@@ -4,7 +4,9 @@ Sparsity is data: masks are pytrees shaped like the params, every algorithm is a
 an optax transformation over (params, masks, step).
 """
 
+from sparsejax import connectivity
 from sparsejax import distributions
+from sparsejax import lottery
 from sparsejax import masks
 from sparsejax import pruning
 from sparsejax import schedules
@@ -14,4 +16,4 @@ from sparsejax import transforms
 
 __version__ = "0.1.0"
 
-__all__ = ["distributions", "masks", "pruning", "schedules", "scores", "selection", "transforms"]
+__all__ = ["connectivity", "distributions", "lottery", "masks", "pruning", "schedules", "scores", "selection", "transforms"]

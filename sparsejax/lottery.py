@@ -1,0 +1,262 @@
+"""Lottery tickets: iterative magnitude pruning (IMP) with weight rewinding, and its controls.
+
+Frankle & Carbin 2019 ("The Lottery Ticket Hypothesis", Algorithm 1 with iterative pruning) and
+Frankle et al. 2020 ("Linear Mode Connectivity and the Lottery Ticket Hypothesis", IMP with
+rewinding to iteration k). One level of IMP:
+
+1. prune a fraction p of the *surviving* weights of the previous level's trained weights by
+   magnitude (globally or per layer; per-layer fractions may differ, e.g. the output layer at p/2),
+   so the density after level L is (1 - p)^L;
+2. rewind: params = theta_k * mask, where theta_k are the dense run's weights at step k
+   (k = 0 is the original LTH);
+3. train from step k to T (the caller's training function).
+
+Pure steps (:func:`prune_level`, :func:`rewind`, the controls) plus :func:`run`, a resumable
+driver that is independent of any training loop: the caller passes ``train(params, masks, level,
+start_step) -> (params, metrics, rewind_params)``. Every finished level is written atomically to a
+directory, so a killed run resumes at the first unfinished level.
+
+Controls (Frankle & Carbin 2019, Sec. 2-3): random re-initialization (same mask, fresh init),
+random masks with the ticket's per-layer densities (layerwise shuffle), or with only its global
+density (global shuffle).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sparsejax import masks as masks_lib
+from sparsejax import selection
+
+PyTree = Any
+Fractions = Mapping[str, float]  # regex on the param path -> prune fraction for matching leaves
+
+
+def _check_fraction(value: float, name: str) -> None:
+  if not 0.0 <= value < 1.0:
+    raise ValueError(f"{name}={value!r} must lie in [0, 1): the fraction of surviving weights "
+                     "pruned per level (0.2 in the LTH papers).")
+
+
+def layer_fractions(masks: PyTree, prune_fraction: float,
+                    overrides: Fractions | None = None) -> dict[str, float]:
+  """The prune fraction of every prunable leaf: ``prune_fraction`` unless a regex overrides it.
+
+  ``overrides={"output": 0.1}`` prunes leaves whose path matches ``output`` by 10% per level
+  (the LTH paper's LeNet setting); a fraction of 0 never prunes them.
+  """
+  _check_fraction(prune_fraction, "prune_fraction")
+  overrides = dict(overrides or {})
+  for pattern, value in overrides.items():
+    _check_fraction(value, f"fraction for {pattern!r}")
+  out = {}
+  for path, m in jax.tree_util.tree_leaves_with_path(masks):
+    if masks_lib.is_prunable_mask(m):
+      p = jax.tree_util.keystr(path)
+      out[p] = next((v for pat, v in overrides.items() if re.search(pat, p)), prune_fraction)
+  unused = [pat for pat in overrides if not any(re.search(pat, p) for p in out)]
+  if unused:
+    raise ValueError(f"fraction override(s) {unused} match no prunable leaf; prunable paths: "
+                     f"{sorted(out)}.")
+  return out
+
+
+def prune_level(params: PyTree, masks: PyTree, prune_fraction: float, *, mode: str = "global",
+                overrides: Fractions | None = None) -> PyTree:
+  """One IMP pruning step: removes a fraction of the surviving weights by |params|.
+
+  Args:
+    params: the trained weights of the previous level.
+    masks: the previous level's masks (pruned weights stay pruned).
+    prune_fraction: p, the fraction of surviving weights to remove.
+    mode: ``"global"`` (one magnitude ranking over all leaves at fraction p; OpenLTH's
+      ``sparse_global``) or ``"layerwise"`` (each leaf loses its own fraction; the LTH paper).
+    overrides: per-leaf fractions by path regex; in global mode those leaves are pruned
+      layerwise at their own fraction and left out of the global ranking.
+
+  Each leaf (or the global pool) keeps exactly ``round((1 - p) * surviving)`` weights.
+  """
+  if mode not in ("global", "layerwise"):
+    raise ValueError(f"mode={mode!r} must be 'global' or 'layerwise'.")
+  masks_lib.validate(params, masks)
+  fractions = layer_fractions(masks, prune_fraction, overrides)
+  leaves = jax.tree_util.tree_leaves_with_path(params)
+  mask_leaves, treedef = jax.tree.flatten(masks)
+  keys, own, pool = {}, [], []
+  for i, ((path, p), m) in enumerate(zip(leaves, mask_leaves)):
+    if not masks_lib.is_prunable_mask(m):
+      continue
+    keys[i] = selection.order_keys(jnp.abs(p), m)
+    name = jax.tree_util.keystr(path)
+    overridden = overrides and any(re.search(pat, name) for pat in overrides)
+    (pool if mode == "global" and not overridden else own).append((i, fractions[name]))
+  out = list(mask_leaves)
+  kept_count = lambda idx, frac: jnp.round(
+      (1.0 - frac) * sum(jnp.sum(mask_leaves[i], dtype=jnp.int32) for i in idx)).astype(jnp.int32)
+  if pool:
+    idx = [i for i, _ in pool]
+    for i, m in zip(idx, selection.top_k_masks([keys[i] for i in idx],
+                                               kept_count(idx, prune_fraction))):
+      out[i] = m
+  for i, frac in own:
+    out[i] = selection.top_k_masks([keys[i]], kept_count([i], frac))[0]
+  return jax.tree.unflatten(treedef, out)
+
+
+def rewind(rewind_params: PyTree, masks: PyTree) -> PyTree:
+  """The start of a level: theta_k * mask (pruned weights exactly 0.0)."""
+  return masks_lib.apply(rewind_params, masks)
+
+
+def shuffle_layerwise(key: jax.Array, masks: PyTree) -> PyTree:
+  """Random masks with the same number of kept weights in every leaf (random-mask control)."""
+  leaves, treedef = jax.tree.flatten(masks)
+  keys = jax.random.split(key, len(leaves))
+  out = [jax.random.permutation(k, m.ravel()).reshape(m.shape) if masks_lib.is_prunable_mask(m)
+         else m for k, m in zip(keys, leaves)]
+  return jax.tree.unflatten(treedef, out)
+
+
+def shuffle_global(key: jax.Array, masks: PyTree) -> PyTree:
+  """Random masks with the same total number of kept weights over all prunable leaves."""
+  leaves, treedef = jax.tree.flatten(masks)
+  idx = [i for i, m in enumerate(leaves) if masks_lib.is_prunable_mask(m)]
+  flat = jax.random.permutation(key, jnp.concatenate([leaves[i].ravel() for i in idx]))
+  out, start = list(leaves), 0
+  for i in idx:
+    size = leaves[i].size
+    out[i] = flat[start:start + size].reshape(leaves[i].shape)
+    start += size
+  return jax.tree.unflatten(treedef, out)
+
+
+def densities(levels: int, prune_fraction: float) -> list[float]:
+  """Density of the uniformly pruned leaves after each level 0..levels: (1 - p)^L."""
+  _check_fraction(prune_fraction, "prune_fraction")
+  return [(1.0 - prune_fraction) ** level for level in range(levels + 1)]
+
+
+# ---------------------------------------------------------------------------------------------
+# A resumable driver over levels.
+
+
+class Level(NamedTuple):
+  level: int
+  masks: PyTree
+  start_params: PyTree
+  final_params: PyTree
+  metrics: dict
+
+
+TrainFn = Callable[..., tuple[PyTree, dict, PyTree | None]]
+
+
+def _save_tree(path: str, tree: PyTree) -> None:
+  arrays = {str(i): np.asarray(x) for i, x in enumerate(jax.tree.leaves(tree))}
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".npz")
+  os.close(fd)
+  np.savez(tmp, **arrays)
+  os.replace(tmp, path)
+
+
+def _load_tree(path: str, like: PyTree) -> PyTree:
+  with np.load(path) as f:
+    leaves = [jnp.asarray(f[str(i)]) for i in range(len(f.files))]
+  treedef = jax.tree.structure(like)
+  if treedef.num_leaves != len(leaves):
+    raise ValueError(f"{path} holds {len(leaves)} arrays but the params have "
+                     f"{treedef.num_leaves} leaves: it was written for another model.")
+  for (key, ref), x in zip(jax.tree_util.tree_leaves_with_path(like), leaves):
+    if np.shape(ref) != x.shape:
+      raise ValueError(f"{path} holds shape {x.shape} for {jax.tree_util.keystr(key)} but the "
+                       f"params have {np.shape(ref)}: it was written for another model.")
+  return jax.tree.unflatten(treedef, leaves)
+
+
+def level_dir(directory: str, level: int) -> str:
+  return os.path.join(directory, f"level_{level}")
+
+
+def run(train: TrainFn, init_params: PyTree, directory: str, *, levels: int,
+        prune_fraction: float = 0.2, rewind_step: int = 0, mode: str = "global",
+        overrides: Fractions | None = None, prunable: masks_lib.Prunable = None,
+        on_level: Callable[[Level], None] | None = None) -> list[Level]:
+  """Runs (or resumes) IMP with rewinding for levels 0..``levels``.
+
+  Args:
+    train: ``train(params, masks, *, level, start_step) -> (final_params, metrics,
+      rewind_params)``. It trains ``params`` (whose pruned weights are 0) with ``masks`` fixed from
+      ``start_step`` to the end. At level 0 (dense, start_step 0) ``rewind_params`` must be the
+      weights at ``rewind_step`` (theta_k); at later levels it is ignored.
+    init_params: theta_0.
+    directory: where each finished level is stored (``level_L/``: masks, start and final params,
+      metrics); an existing directory is resumed.
+    levels: the last level (level 0 is the dense run).
+    prune_fraction, mode, overrides: see :func:`prune_level`.
+    rewind_step: k, the step whose weights every level starts from.
+    prunable: which leaves may be pruned (see :mod:`sparsejax.masks`).
+    on_level: called with every level, finished now or loaded from ``directory``.
+
+  Returns:
+    One :class:`Level` per level.
+  """
+  if levels < 0:
+    raise ValueError(f"levels={levels!r} must be >= 0.")
+  if rewind_step < 0:
+    raise ValueError(f"rewind_step={rewind_step!r} must be >= 0.")
+  if mode not in ("global", "layerwise"):  # before the dense run, not after it
+    raise ValueError(f"mode={mode!r} must be 'global' or 'layerwise'.")
+  layer_fractions(masks_lib.ones_like(init_params, prunable), prune_fraction, overrides)
+  os.makedirs(directory, exist_ok=True)
+  masks_like = masks_lib.ones_like(init_params, prunable)
+  rewind_path = os.path.join(directory, "rewind_params.npz")
+  results: list[Level] = []
+  for level in range(levels + 1):
+    d = level_dir(directory, level)
+    done = os.path.join(d, "level.json")
+    if os.path.exists(done):
+      with open(done) as f:
+        metrics = json.load(f)["metrics"]
+      result = Level(level, _load_tree(os.path.join(d, "masks.npz"), masks_like),
+                     _load_tree(os.path.join(d, "start_params.npz"), init_params),
+                     _load_tree(os.path.join(d, "final_params.npz"), init_params), metrics)
+    else:
+      os.makedirs(d, exist_ok=True)
+      if level == 0:
+        masks, start = masks_like, init_params
+      else:
+        previous = results[-1]
+        masks = prune_level(previous.final_params, previous.masks, prune_fraction, mode=mode,
+                            overrides=overrides)
+        start = rewind(_load_tree(rewind_path, init_params), masks)
+      final, metrics, rewind_params = train(start, masks, level=level,
+                                            start_step=0 if level == 0 else rewind_step)
+      if level == 0:
+        if rewind_params is None:
+          raise ValueError("train must return the weights at rewind_step at level 0.")
+        _save_tree(rewind_path, rewind_params)
+      for name, tree in (("masks", masks), ("start_params", start), ("final_params", final)):
+        _save_tree(os.path.join(d, f"{name}.npz"), tree)
+      kept, total = masks_lib.count(masks)
+      # Through JSON now, so that a level run now and one loaded on resume hold the same values
+      # (and jax / numpy scalars are stored instead of failing after the level has trained).
+      metrics = json.loads(json.dumps({"density": int(kept) / total, **metrics},
+                                      default=lambda x: np.asarray(x).tolist()))
+      fd, tmp = tempfile.mkstemp(dir=d, suffix=".json")
+      with os.fdopen(fd, "w") as f:
+        json.dump({"level": level, "metrics": metrics}, f, indent=2)
+      os.replace(tmp, done)  # written last: the level counts as finished only now
+      result = Level(level, masks, start, final, metrics)
+    results.append(result)
+    if on_level is not None:
+      on_level(result)
+  return results

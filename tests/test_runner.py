@@ -1,0 +1,408 @@
+"""End-to-end tests of the experiment runner (``experiments/``): real training runs on
+scikit-learn's digits (and a small Fashion-MNIST subset), the files a run leaves, bitwise resume
+after SIGKILL, command-line overrides, and one-line user errors from the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from experiments import config as config_lib
+from experiments import experiment, trainer
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE_CONFIG = "configs/digits_smoke.py"
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+# LeNet-300-100 on 8x8 digits: the three prunable kernels as (path, n_in, n_out).
+LENET_DIGITS_KERNELS = (("['dense1']['kernel']", 64, 300), ("['dense2']['kernel']", 300, 100),
+                        ("['output']['kernel']", 100, 10))
+SUMMARY_KEYS = {"method", "density", "test_accuracy", "best_test_accuracy", "early_stop_step",
+                "steps", "wall_seconds"}
+
+
+def digits_config(**overrides):
+  """300 iterations of LeNet-300-100 on digits, momentum SGD at lr 0.1, events every 100 steps."""
+  c = config_lib.defaults()
+  c.dataset = "digits"
+  c.batch_size = 64
+  c.steps = "300it"
+  c.eval_every = "100it"
+  c.log_every = "100it"
+  c.checkpoint_every = "100it"
+  c.optimizer = "momentum"
+  c.learning_rate = 0.1
+  c.pruning_end = "200it"
+  c.pruning_frequency = "25it"
+  for key, value in overrides.items():
+    c[key] = value
+  return c
+
+
+def read_json(path):
+  with open(path) as f:
+    return json.load(f)
+
+
+def read_metrics(workdir):
+  with open(Path(workdir) / "metrics.jsonl") as f:
+    return [json.loads(line) for line in f]
+
+
+def read_masks(workdir):
+  with np.load(Path(workdir) / "masks.npz") as npz:
+    return {k: npz[k] for k in npz.files}
+
+
+def checkpoint_steps(workdir):
+  directory = Path(workdir) / "checkpoints"
+  if not directory.is_dir():
+    return []
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+
+
+def restore_params(workdir, step):
+  state = ocp.StandardCheckpointer().restore(
+      os.path.abspath(Path(workdir) / "checkpoints" / str(step) / "state"))
+  return state
+
+
+def cli(workdir, *overrides, config=SMOKE_CONFIG, timeout=300):
+  return subprocess.run(
+      [sys.executable, "-m", "experiments.main", f"--config={config}", f"--workdir={workdir}",
+       *overrides], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+# ---------------------------------------------------------------------------------------------
+# Every method trains on digits and reaches its exact target density.
+
+_RUNS = {}
+
+
+def run_once(tmp_path_factory, name, **overrides):
+  """Runs ``digits_config(**overrides)`` once per test session; returns (workdir, summary)."""
+  if name not in _RUNS:
+    workdir = tmp_path_factory.mktemp(name)
+    summary = experiment.run(digits_config(**overrides), str(workdir))
+    _RUNS[name] = (workdir, summary)
+  return _RUNS[name]
+
+
+def uniform_counts(sparsity):
+  return {path: round((1 - sparsity) * n_in * n_out) for path, n_in, n_out in LENET_DIGITS_KERNELS}
+
+
+def erdos_renyi_counts(sparsity):
+  """ER (= ERK for dense kernels): kept_l = eps (n_in + n_out), sum_l kept_l = (1 - s) N."""
+  total = sum(n_in * n_out for _, n_in, n_out in LENET_DIGITS_KERNELS)
+  eps = (1 - sparsity) * total / sum(n_in + n_out for _, n_in, n_out in LENET_DIGITS_KERNELS)
+  # No layer is capped at density 1 (else it would be made dense and eps solved again).
+  assert all(eps * (n_in + n_out) < n_in * n_out for _, n_in, n_out in LENET_DIGITS_KERNELS)
+  return {path: round(eps * (n_in + n_out)) for path, n_in, n_out in LENET_DIGITS_KERNELS}
+
+
+METHOD_CASES = {
+    "dense": (dict(method="dense"), lambda s: uniform_counts(0.0)),
+    "magnitude": (dict(method="magnitude"), uniform_counts),
+    "random_uniform": (dict(method="random", distribution="uniform"), uniform_counts),
+    "random_er": (dict(method="random", distribution="er"), erdos_renyi_counts),
+    "random_erk": (dict(method="random", distribution="erk"), erdos_renyi_counts),
+    "snip": (dict(method="snip", distribution="uniform"), uniform_counts),
+    "snip_global": (dict(method="snip", distribution="global"), None),
+}
+
+
+@pytest.mark.parametrize("case", list(METHOD_CASES))
+def test_method_trains_to_exact_density(tmp_path_factory, case):
+  overrides, expected_counts = METHOD_CASES[case]
+  workdir, summary = run_once(tmp_path_factory, case, **overrides)
+  sparsity = digits_config(**overrides).final_sparsity
+  total = sum(n_in * n_out for _, n_in, n_out in LENET_DIGITS_KERNELS)
+
+  masks = read_masks(workdir)
+  assert sorted(masks) == sorted(path for path, _, _ in LENET_DIGITS_KERNELS)
+  for path, n_in, n_out in LENET_DIGITS_KERNELS:
+    assert masks[path].shape == (n_in, n_out) and masks[path].dtype == bool
+  kept = {path: int(m.sum()) for path, m in masks.items()}
+
+  if expected_counts is None:  # global: one budget over all layers
+    assert sum(kept.values()) == round((1 - sparsity) * total)
+  else:
+    assert kept == expected_counts(sparsity)
+  assert summary["density"] == sum(kept.values()) / total
+  if overrides["method"] == "dense":
+    assert summary["density"] == 1.0
+  else:
+    assert summary["density"] == pytest.approx(1 - sparsity, abs=1e-4)
+
+  report = read_json(workdir / "sparsity_report.json")
+  assert {r["path"]: (r["kept"], r["total"]) for r in report} == {
+      path: (kept[path], n_in * n_out) for path, n_in, n_out in LENET_DIGITS_KERNELS}
+
+  # The final params (the last checkpoint) are exactly zero wherever the saved mask is False.
+  assert checkpoint_steps(workdir)[-1] == 300
+  state = restore_params(workdir, 300)
+  assert int(state["step"]) == 300
+  params = {jax.tree_util.keystr(p): np.asarray(x)
+            for p, x in jax.tree_util.tree_leaves_with_path(state["params"])}
+  for path, mask in masks.items():
+    assert np.all(params[path][~mask] == 0.0), path
+    assert np.count_nonzero(params[path][mask]) >= 0.99 * mask.sum(), path
+
+  assert summary["method"] == overrides["method"]
+  assert summary["steps"] == 300
+  assert summary["test_accuracy"] >= 0.8, summary  # chance is 0.1
+  assert summary["best_test_accuracy"] >= summary["test_accuracy"]
+
+
+def test_outputs(tmp_path_factory):
+  workdir, summary = run_once(tmp_path_factory, "magnitude", method="magnitude")
+  names = {p.name for p in workdir.iterdir()}
+  assert {"config.json", "summary.json", "metrics.jsonl", "tensorboard", "masks.npz",
+          "sparsity_report.txt", "sparsity_report.json", "checkpoints"} <= names
+  assert not [n for n in names if n.endswith(".tmp") or ".tmp." in n]
+
+  saved_config = read_json(workdir / "config.json")
+  assert saved_config == json.loads(digits_config(method="magnitude").to_json())
+
+  on_disk = read_json(workdir / "summary.json")
+  assert isinstance(on_disk, dict) and SUMMARY_KEYS <= set(on_disk)
+  assert all(v is None or isinstance(v, (str, int, float)) for v in on_disk.values())
+  assert on_disk == summary
+  assert on_disk["early_stop_step"] in (0, 100, 200, 300)
+  assert on_disk["wall_seconds"] > 0
+
+  rows = read_metrics(workdir)
+  steps = [r["step"] for r in rows]
+  assert steps == [0, 100, 200, 300]
+  assert all("test_accuracy" in r and "test_loss" in r for r in rows)
+  for r in rows[1:]:
+    assert {"train_loss", "train_accuracy", "density", "steps_per_second"} <= set(r)
+    assert np.isfinite(r["train_loss"])
+  densities = [r["density"] for r in rows[1:]]
+  assert densities == sorted(densities, reverse=True)  # gradual pruning only removes weights
+  assert rows[-1]["density"] == summary["density"]
+  assert rows[-1]["test_accuracy"] == summary["test_accuracy"]
+  assert max(r["test_accuracy"] for r in rows) == summary["best_test_accuracy"]
+
+  events = list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+  assert events and all(e.stat().st_size > 0 for e in events)
+
+  report = (workdir / "sparsity_report.txt").read_text()
+  for path, _, _ in LENET_DIGITS_KERNELS:
+    assert path in report
+  assert "total" in report and "5,020" in report and "50,200" in report
+
+
+@pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason=f"{FASHION_MNIST_DIR} not installed")
+def test_fashion_mnist_subset(tmp_path):
+  config = digits_config(method="magnitude", dataset="fashion_mnist", train_subset=2000,
+                         test_subset=500, steps="200it", pruning_end="150it")
+  summary = experiment.run(config, str(tmp_path))
+  # 28x28 inputs: the first kernel is 784 x 300.
+  report = {r["path"]: r for r in read_json(tmp_path / "sparsity_report.json")}
+  assert report["['dense1']['kernel']"]["total"] == 784 * 300
+  assert report["['dense1']['kernel']"]["kept"] == round(0.1 * 784 * 300)
+  assert summary["density"] == pytest.approx(0.1, abs=1e-4)
+  assert summary["steps"] == 200
+  assert summary["test_accuracy"] >= 0.7, summary  # chance is 0.1
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line: resume after SIGKILL, overrides, errors.
+
+RESUME_OVERRIDES = ("--config.steps=1000it", "--config.checkpoint_every=100it",
+                    "--config.eval_every=50it", "--config.log_every=50it")
+
+
+@pytest.fixture(scope="module")
+def completed_cli_run(tmp_path_factory):
+  """A run of digits_smoke (1000 steps) to completion through the CLI."""
+  workdir = tmp_path_factory.mktemp("cli_a") / "run"
+  result = cli(workdir, *RESUME_OVERRIDES)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir
+
+
+def test_resume_after_sigkill_is_bitwise_identical(completed_cli_run, tmp_path):
+  workdir = tmp_path / "run"
+  command = [sys.executable, "-m", "experiments.main", f"--config={SMOKE_CONFIG}",
+             f"--workdir={workdir}", *RESUME_OVERRIDES]
+  with open(tmp_path / "killed.log", "w") as log:
+    proc = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    try:
+      deadline = time.time() + 240
+      while not checkpoint_steps(workdir) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+      os.kill(proc.pid, signal.SIGKILL)
+    finally:
+      proc.wait()
+  assert proc.returncode == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-3000:]
+  interrupted_at = checkpoint_steps(workdir)
+  assert interrupted_at and interrupted_at[-1] < 1000
+  assert not (workdir / "summary.json").exists()
+
+  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "resumed from the checkpoint at step" in result.stderr
+
+  a = read_json(completed_cli_run / "summary.json")
+  b = read_json(workdir / "summary.json")
+  assert a.pop("wall_seconds") > 0 and b.pop("wall_seconds") > 0
+  assert a == b  # floats parsed from the same shortest repr: bitwise equal
+  assert a["steps"] == 1000
+
+  masks_a, masks_b = read_masks(completed_cli_run), read_masks(workdir)
+  assert masks_a.keys() == masks_b.keys()
+  for key in masks_a:
+    np.testing.assert_array_equal(masks_a[key], masks_b[key])
+
+  rows_a, rows_b = read_metrics(completed_cli_run), read_metrics(workdir)
+  steps_b = [r["step"] for r in rows_b]
+  assert len(steps_b) == len(set(steps_b)), steps_b
+  assert steps_b == [r["step"] for r in rows_a] == list(range(0, 1001, 50))
+  for ra, rb in zip(rows_a, rows_b):
+    ra.pop("steps_per_second", None)
+    rb.pop("steps_per_second", None)
+    assert ra == rb
+
+
+def test_command_line_overrides(tmp_path):
+  workdir = tmp_path / "run"
+  result = cli(workdir, "--config.seed=3", "--config.final_sparsity=0.5")
+  assert result.returncode == 0, result.stderr[-3000:]
+  saved_config = read_json(workdir / "config.json")
+  summary = read_json(workdir / "summary.json")
+  assert saved_config["seed"] == 3 and summary["seed"] == 3
+  assert saved_config["final_sparsity"] == 0.5
+  assert summary["density"] == pytest.approx(0.5, abs=1e-4)
+  # Keys not overridden keep the config file's values.
+  assert saved_config["method"] == summary["method"] == "magnitude"
+  assert saved_config["dataset"] == "digits"
+  assert summary["steps"] == 200
+  assert "test accuracy" in result.stdout
+
+
+def problem_lines(stderr):
+  return [line for line in stderr.splitlines() if line.startswith(("error:", "FATAL"))]
+
+
+def assert_one_line_error(result, *words):
+  assert result.returncode != 0
+  assert "Traceback" not in result.stderr, result.stderr[-3000:]
+  lines = problem_lines(result.stderr)
+  assert len(lines) == 1, result.stderr[-3000:]
+  for word in words:
+    assert word in lines[0], lines[0]
+
+
+ERROR_CASES = {
+    "unknown_key": (("--config.bogus=1",), ("bogus",)),
+    "wrong_type": (("--config.batch_size=abc",), ("batch_size", "abc")),
+    "bad_value": (("--config.final_sparsity=1.5",), ("final_sparsity",)),
+    "unknown_method": (("--config.method=bogus",), ("method", "bogus")),
+    "unknown_model": (("--config.model=bogus",), ("model", "bogus")),
+    "unknown_dataset": (("--config.dataset=bogus",), ("dataset", "bogus")),
+    "missing_idx_dir": (("--config.dataset=idx:/nonexistent",), ("/nonexistent",)),
+    "missing_fashion_mnist": (("--config.dataset=fashion_mnist", "--config.data_dir=/nonexistent"),
+                              ("Fashion-MNIST", "/nonexistent")),
+}
+
+
+@pytest.mark.parametrize("case", list(ERROR_CASES))
+def test_config_and_data_errors(tmp_path, case):
+  overrides, words = ERROR_CASES[case]
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / "notes.txt").write_text("kept")
+  result = cli(workdir, *overrides)
+  assert_one_line_error(result, *words)
+  assert (workdir / "notes.txt").read_text() == "kept"
+  # A rejected config does not claim the workdir: the corrected config can still use it.
+  assert not (workdir / "config.json").exists()
+
+
+def test_unwritable_workdir(tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("not a directory")
+  result = cli(blocker / "sub")
+  assert_one_line_error(result, "workdir", str(blocker / "sub"))
+  assert blocker.read_text() == "not a directory"
+
+
+def test_diverging_loss(tmp_path):
+  workdir = tmp_path / "run"
+  result = cli(workdir, "--config.learning_rate=1e6")
+  assert_one_line_error(result, "nan", "learning_rate")
+  assert (workdir / "config.json").exists()
+  assert not (workdir / "summary.json").exists()
+
+
+def test_workdir_with_a_different_config(completed_cli_run, tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(completed_cli_run, workdir)
+  before = {p.relative_to(workdir): p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
+  result = cli(workdir, *RESUME_OVERRIDES, "--config.seed=5")
+  assert_one_line_error(result, "seed", "different config")
+  after = {p.relative_to(workdir): p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
+  assert after == before  # nothing written, nothing removed
+
+
+# ---------------------------------------------------------------------------------------------
+# Learning-rate schedules.
+
+
+def schedule_of(**overrides):
+  config = config_lib.defaults()
+  config.learning_rate = 0.1
+  for key, value in overrides.items():
+    config[key] = value
+  durations = trainer.Durations(steps_per_epoch=10, total=60, eval_every=10, log_every=10,
+                                checkpoint_every=10)
+  schedule = trainer.learning_rate_schedule(config, durations)
+  return lambda step: float(schedule(step))
+
+
+def test_constant_schedule():
+  lr = schedule_of(lr_schedule="constant")
+  assert [lr(s) for s in (0, 30, 59)] == pytest.approx([0.1] * 3, rel=1e-6)
+
+
+@pytest.mark.parametrize("warmup", ["0it", "5it"])
+def test_step_schedule(warmup):
+  lr = schedule_of(lr_schedule="step", lr_milestones=("2ep", "4ep"), lr_gamma=0.1, warmup=warmup)
+  expected = {5: 0.1, 19: 0.1, 20: 0.01, 39: 0.01, 40: 0.001, 59: 0.001}
+  if warmup == "0it":
+    expected[0] = 0.1
+  for step, value in expected.items():
+    assert lr(step) == pytest.approx(value, rel=1e-5), step
+
+
+def test_linear_warmup():
+  lr = schedule_of(lr_schedule="constant", warmup="10it")
+  assert [lr(s) for s in range(11)] == pytest.approx([0.01 * s for s in range(11)], abs=1e-7)
+  assert lr(30) == pytest.approx(0.1, rel=1e-6)
+
+
+@pytest.mark.parametrize("warmup", [0, 10])
+def test_cosine_schedule(warmup):
+  lr = schedule_of(lr_schedule="cosine", warmup=f"{warmup}it")
+  values = [lr(s) for s in range(warmup, 61)]
+  assert values[0] == pytest.approx(0.1, rel=1e-6)
+  assert all(b <= a + 1e-9 for a, b in zip(values, values[1:]))  # non-increasing
+  middle = warmup + (60 - warmup) // 2
+  assert lr(middle) == pytest.approx(0.05, rel=1e-4)
+  assert lr(59) < 0.001
+  assert lr(60) == pytest.approx(0.0, abs=1e-8)
