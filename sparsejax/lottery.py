@@ -182,6 +182,23 @@ def _load_tree(path: str, like: PyTree) -> PyTree:
   return jax.tree.unflatten(treedef, leaves)
 
 
+def _check_settings(directory: str, settings: dict) -> None:
+  """Records the pruning settings of a run; a resumed run must use the same ones."""
+  path = os.path.join(directory, "imp_settings.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      previous = json.load(f)
+    differing = {k: (previous.get(k), v) for k, v in settings.items() if previous.get(k) != v}
+    if differing:
+      raise ValueError(f"{directory} holds IMP levels made with other settings "
+                       f"(name: (stored, given)): {differing}; use a new directory.")
+    return
+  fd, tmp = tempfile.mkstemp(dir=directory, suffix=".json")
+  with os.fdopen(fd, "w") as f:
+    json.dump(settings, f)
+  os.replace(tmp, path)
+
+
 def level_dir(directory: str, level: int) -> str:
   return os.path.join(directory, f"level_{level}")
 
@@ -217,6 +234,8 @@ def run(train: TrainFn, init_params: PyTree, directory: str, *, levels: int,
     raise ValueError(f"mode={mode!r} must be 'global' or 'layerwise'.")
   layer_fractions(masks_lib.ones_like(init_params, prunable), prune_fraction, overrides)
   os.makedirs(directory, exist_ok=True)
+  _check_settings(directory, {"prune_fraction": prune_fraction, "rewind_step": rewind_step,
+                              "mode": mode, "overrides": dict(overrides or {})})
   masks_like = masks_lib.ones_like(init_params, prunable)
   rewind_path = os.path.join(directory, "rewind_params.npz")
   results: list[Level] = []

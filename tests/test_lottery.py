@@ -534,3 +534,14 @@ def test_directory_of_another_model_raises(tmp_path, other):
   lottery.run(_train_any, make_params(0), str(tmp_path), levels=1)
   with pytest.raises(ValueError, match="another model"):
     lottery.run(_train_any, make_params(0, shapes=other), str(tmp_path), levels=1)
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path):
+  params = {"dense": {"kernel": jnp.arange(1.0, 13.0).reshape(3, 4)}}
+
+  def train(p, m, *, level, start_step):
+    return p, {}, p
+
+  lottery.run(train, params, str(tmp_path), levels=1, prune_fraction=0.2)
+  with pytest.raises(ValueError, match="prune_fraction"):
+    lottery.run(train, params, str(tmp_path), levels=1, prune_fraction=0.5)
