@@ -15,7 +15,6 @@ import tempfile
 import time
 
 import jax
-import numpy as np
 
 from experiments import experiment, trainer
 from experiments.config import defaults

@@ -26,7 +26,7 @@ from experiments import data as data_lib
 from experiments import methods as methods_lib
 from experiments import models
 from experiments import trainer
-from experiments.config import ConfigError, finalize
+from experiments.config import ConfigError, finalize, parse_duration
 from sparsejax import masks as masks_lib
 
 PyTree = Any
@@ -116,10 +116,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # config can still use the same workdir.
   data = load_data(config)
   task, params, model_state = build_task(config, data)
+  rewind_step = parse_duration(config.rewind, task.durations.steps_per_epoch, "rewind")
+  if config.method == "imp" and rewind_step >= task.durations.total:
+    raise ConfigError(f"rewind={config.rewind!r} ({rewind_step} steps) must come before the end "
+                      f"of training ({task.durations.total} steps).")
   prepare_workdir(workdir, config)
   if config.method == "imp":
     from experiments import imp  # imp builds on this module
-    return imp.run(config, workdir, data)
+    return imp.run(config, workdir, task)
   prunable = prunable_rule(config)
   ctx = methods_lib.MethodContext(
       config=config,

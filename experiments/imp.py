@@ -25,12 +25,11 @@ from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 import optax
 from absl import logging
 
 from experiments import experiment, models, report, trainer
-from experiments.config import CONTROLS, ConfigError, parse_duration, parse_overrides
+from experiments.config import CONTROLS, parse_duration, parse_overrides
 from sparsejax import connectivity, lottery
 from sparsejax import masks as masks_lib
 from sparsejax import transforms
@@ -47,6 +46,15 @@ def fast_forward_schedules(opt_state, step: int):
   is_schedule = lambda x: isinstance(x, optax.ScaleByScheduleState)
   return jax.tree.map(lambda x: x._replace(count=jax.numpy.asarray(step, x.count.dtype))
                       if is_schedule(x) else x, opt_state, is_leaf=is_schedule)
+
+
+def _on_device(state: dict) -> dict:
+  """``state`` committed to the default device, as a state restored from a checkpoint is.
+
+  jit keys its cache on whether arguments are committed: fresh (uncommitted) and restored
+  (committed) states would otherwise compile the training step more than once.
+  """
+  return jax.device_put(state, jax.devices()[0])
 
 
 def _done(directory: str) -> dict | None:
@@ -82,8 +90,8 @@ class Replicate:
     summary = _done(workdir)
     if summary is not None:
       return None, summary
-    state, summary = trainer.train(self.task, self.train_steps, self.evaluate, state, workdir,
-                                   prunable=self.prunable, label=label)
+    state, summary = trainer.train(self.task, self.train_steps, self.evaluate, _on_device(state),
+                                   workdir, prunable=self.prunable, label=label)
     experiment.write_json(os.path.join(workdir, "summary.json"), summary)
     return state, summary
 
@@ -114,8 +122,9 @@ def _train_level(rep: Replicate, params, masks, *, level: int, start_step: int):
     if checkpoints.latest_step() is None:
       if rep.rewind_step > 0:
         # Segment 1: dense training up to the rewind step k, whose full state is kept.
-        state, _ = trainer.train(rep.task, rep.train_steps, rep.evaluate, state, workdir,
-                                 end_step=rep.rewind_step, prunable=rep.prunable, label=label)
+        state, _ = trainer.train(rep.task, rep.train_steps, rep.evaluate, _on_device(state),
+                                 workdir, end_step=rep.rewind_step, prunable=rep.prunable,
+                                 label=label)
       checkpoints.save(rep.rewind_step, state, {})
     checkpoints.close()
     rewind_params = rep.rewind_state()["params"]
@@ -162,8 +171,10 @@ def _controls(rep: Replicate, level: lottery.Level) -> dict:
         masks = shuffle(key, level.masks)
         params = lottery.rewind(rewound["params"], masks)
       state = rep.fresh_state(params, model_state, masks, rep.rewind_step)
-      _, summary = rep.train(state, workdir, f"[level {level.level} control {name}] ")
+      # The masks first: a run killed after the control's summary.json resumes past it.
+      os.makedirs(workdir, exist_ok=True)
       experiment.save_masks(workdir, params, masks)
+      _, summary = rep.train(state, workdir, f"[level {level.level} control {name}] ")
     out[name] = summary
   return out
 
@@ -198,9 +209,9 @@ def _instability(rep: Replicate, level: lottery.Level) -> dict:
   return result
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, data) -> dict:
-  """Runs (or resumes) the lottery-ticket experiment ``config`` in ``workdir`` on ``data``."""
-  task, _, _ = experiment.build_task(config, data)
+def run(config: ml_collections.ConfigDict, workdir: str, task: trainer.Task) -> dict:
+  """Runs (or resumes) the lottery-ticket experiment ``config`` in ``workdir``."""
+  data = task.data
   prunable = experiment.prunable_rule(config)
   schedule = trainer.learning_rate_schedule(config, task.durations)
   inner = trainer.base_optimizer(config, schedule)
@@ -211,9 +222,6 @@ def run(config: ml_collections.ConfigDict, workdir: str, data) -> dict:
   train_steps = trainer.make_train_steps(task, optimizer)
   evaluate = trainer.make_evaluate(task)
   rewind_step = parse_duration(config.rewind, task.durations.steps_per_epoch, "rewind")
-  if rewind_step >= task.durations.total:
-    raise ConfigError(f"rewind={config.rewind!r} ({rewind_step} steps) must come "
-                                 f"before the end of training ({task.durations.total} steps).")
   mode = "global" if config.distribution == "global" else "layerwise"
   rows = []
   for r in range(config.replicates):

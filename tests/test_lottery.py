@@ -1,6 +1,5 @@
 """Tests for sparsejax.lottery: IMP pruning levels, rewinding, controls and the resumable driver."""
 
-import functools
 import json
 import os
 

@@ -163,7 +163,7 @@ def test_method_trains_to_exact_density(tmp_path_factory, case):
 
   assert summary["method"] == overrides["method"]
   assert summary["steps"] == 300
-  assert summary["test_accuracy"] >= 0.8, summary  # chance is 0.1
+  assert summary["test_accuracy"] >= 0.9, summary  # chance is 0.1; these runs reach 0.96-0.98
   assert summary["best_test_accuracy"] >= summary["test_accuracy"]
 
 
