@@ -8,7 +8,7 @@ Variants, interleaved round by round in one process so machine noise hits all of
 Printed per model: the median ordinary-step ratios b/a and c/a, the mean ratio c/a over whole
 runs including the mask-update steps, and one mask-update step relative to an ordinary step.
 
-  python benchmarks/overhead.py [--rounds 7] [--steps 200]
+  python benchmarks/overhead.py [--rounds 7] [--steps 200] [--models lenet,cnn]
 """
 
 from __future__ import annotations
@@ -113,17 +113,36 @@ def bench(name, build, rounds, steps):
   print(f"  c/a (magnitude_pruning, whole runs, amortized)    {run_ratio:.3f}")
   print(f"  mask-update step / ordinary step (c)              "
         f"{np.median(c[upd]) / np.median(c[~upd]):.2f}")
+  print(f"  for scale: sorting every layer's |w| once / step    "
+        f"{sort_seconds(params) / np.median(c[~upd]):.1f}")
+
+
+def sort_seconds(params, repeats=20) -> float:
+  """Median time of sorting every prunable layer's magnitudes: a sort-based mask update's core."""
+  kernels = [x for x in jax.tree.leaves(params) if x.ndim >= 2]
+  sort_all = jax.jit(lambda ks: [jax.numpy.sort(jax.numpy.abs(k).ravel()) for k in ks])
+  jax.block_until_ready(sort_all(kernels))
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(sort_all(kernels))
+    times.append(time.perf_counter() - t0)
+  return float(np.median(times))
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--rounds", type=int, default=7)
   parser.add_argument("--steps", type=int, default=200)
+  parser.add_argument("--models", default="lenet,cnn", help="comma-separated: lenet, cnn")
   args = parser.parse_args()
   print(f"jax {jax.__version__} on {jax.devices()[0].platform}, batch 128, "
         f"mask update every {FREQUENCY} steps")
-  bench("LeNet-300-100", lenet, args.rounds, args.steps)
-  bench("small CNN 32x32x3", small_cnn, args.rounds, args.steps)
+  models = args.models.split(",")
+  if "lenet" in models:
+    bench("LeNet-300-100", lenet, args.rounds, args.steps)
+  if "cnn" in models:
+    bench("small CNN 32x32x3", small_cnn, args.rounds, args.steps)
 
 
 if __name__ == "__main__":

@@ -98,8 +98,9 @@ class Replicate:
   def rewind_state(self) -> dict:
     """The full training state at the rewind step, saved by level 0."""
     template = self.fresh_state(*self.init(self.seed), self.ones(), 0)
-    restored, _ = trainer.Checkpoints(os.path.join(self.directory, "rewind_state")).restore(
-        self.rewind_step, template)
+    checkpoints = trainer.Checkpoints(os.path.join(self.directory, "rewind_state"))
+    restored, _ = checkpoints.restore(self.rewind_step, template)
+    checkpoints.close()
     return restored
 
   def init(self, seed: int):
@@ -137,16 +138,17 @@ def _train_level(rep: Replicate, params, masks, *, level: int, start_step: int):
       state["opt_state"] = transforms.set_masks(rewound["opt_state"], masks)
     rewind_params = None
   state, summary = rep.train(state, workdir, label)
-  final = state["params"] if state is not None else _load_final(workdir, rep, params)
-  return final, summary, rewind_params
+  final = state if state is not None else _load_final(workdir, rep, params)
+  return final["params"], summary, rewind_params
 
 
-def _load_final(workdir: str, rep: Replicate, like: PyTree) -> PyTree:
+def _load_final(workdir: str, rep: Replicate, like: PyTree) -> dict:
+  """The final training state of a finished training in ``workdir``."""
   checkpoints = trainer.Checkpoints(os.path.join(workdir, "checkpoints"))
   template = rep.fresh_state(like, rep.init(rep.seed)[1], rep.ones(), 0)
   state, _ = checkpoints.restore(checkpoints.latest_step(), template)
   checkpoints.close()
-  return state["params"]
+  return state
 
 
 def _controls(rep: Replicate, level: lottery.Level) -> dict:
@@ -197,10 +199,7 @@ def _instability(rep: Replicate, level: lottery.Level) -> dict:
       state["opt_state"] = transforms.set_masks(rewound["opt_state"], level.masks)
     workdir = os.path.join(directory, f"copy_{copy}")
     state, _ = rep.train(state, workdir, f"[level {level.level} instability copy {copy}] ")
-    if state is None:
-      state = {"params": _load_final(workdir, rep, level.start_params),
-               "model_state": rewound["model_state"]}
-    finals.append(state)
+    finals.append(state if state is not None else _load_final(workdir, rep, start))
   error = lambda p: 1.0 - float(rep.evaluate(p, finals[0]["model_state"])[1])
   barrier = connectivity.error_barrier(error, finals[0]["params"], finals[1]["params"],
                                        rep.config.instability_alphas)

@@ -19,7 +19,7 @@ def _stats(values: list[float]) -> dict:
   a = np.asarray([v for v in values if v is not None], float)
   if a.size == 0:
     return {"mean": None, "std": None}
-  return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if a.size > 1 else 0.0}
+  return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if a.size > 1 else None}
 
 
 def aggregate(replicates: list[list[dict]]) -> list[dict]:
@@ -51,6 +51,8 @@ def aggregate(replicates: list[list[dict]]) -> list[dict]:
 def _fmt(mean, std, scale=100.0, digits=2) -> str:
   if mean is None:
     return "-"
+  if std is None:  # a single replicate has no spread
+    return f"{mean * scale:.{digits}f}"
   return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
 
 
@@ -65,7 +67,8 @@ def markdown(summary: dict) -> str:
     header.append("instability barrier (%)")
   lines = [f"# Lottery tickets: {summary['model']} on {summary['dataset']}", "",
            f"IMP with rewinding to step {summary['rewind_step']}; {summary['replicates']} "
-           "replicate(s); mean ± standard deviation over replicates.", "",
+           "replicate(s)" + ("; mean ± standard deviation over replicates." if
+                             summary["replicates"] > 1 else "."), "",
            "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for r in rows:
     cells = [str(r["level"]), f"{100 * r['density']:.1f}%",
@@ -76,7 +79,7 @@ def markdown(summary: dict) -> str:
       ctl = r["controls"].get(c)
       cells.append(_fmt(ctl["test_accuracy"], ctl["test_accuracy_std"]) if ctl else "-")
     if "instability" in r:
-      cells.append(_fmt(r["instability"]["barrier"], r["instability"]["barrier_std"] or 0.0))
+      cells.append(_fmt(r["instability"]["barrier"], r["instability"]["barrier_std"]))
     lines.append("| " + " | ".join(cells) + " |")
   lines += ["", "![test accuracy against weights remaining](report.png)", ""]
   return "\n".join(lines)
@@ -92,13 +95,13 @@ def plot(summary: dict, path: str) -> None:
   fig, ax = plt.subplots(figsize=(7, 4.5))
   x = [100 * r["density"] for r in rows]
   ax.errorbar(x, [100 * r["test_accuracy"] for r in rows],
-              yerr=[100 * r["test_accuracy_std"] for r in rows], marker="o", capsize=3,
+              yerr=[100 * (r["test_accuracy_std"] or 0.0) for r in rows], marker="o", capsize=3,
               label=f"IMP ticket (rewind to step {summary['rewind_step']})")
   names = sorted({c for r in rows for c in r["controls"]})
   for name in names:
     pts = [(100 * r["density"], r["controls"][name]) for r in rows if name in r["controls"]]
     ax.errorbar([p[0] for p in pts], [100 * p[1]["test_accuracy"] for p in pts],
-                yerr=[100 * p[1]["test_accuracy_std"] for p in pts], marker="s", capsize=3,
+                yerr=[100 * (p[1]["test_accuracy_std"] or 0.0) for p in pts], marker="s", capsize=3,
                 linestyle="--", label=f"control: {name}")
   if rows:
     ax.axhline(100 * rows[0]["test_accuracy"], color="gray", linewidth=0.8, linestyle=":",
