@@ -58,182 +58,237 @@ _zeros = nnx.initializers.zeros_init()
 _POOL = "M"
 _VGG_PLANS = {
     "vgg11": (64, _POOL, 128, _POOL, 256, 256, _POOL, 512, 512, _POOL, 512, 512),
-    "vgg16": (64, 64, _POOL, 128, 128, _POOL, 256, 256, 256, _POOL,
-              512, 512, 512, _POOL, 512, 512, 512),
+    "vgg16": (
+        64,
+        64,
+        _POOL,
+        128,
+        128,
+        _POOL,
+        256,
+        256,
+        256,
+        _POOL,
+        512,
+        512,
+        512,
+        _POOL,
+        512,
+        512,
+        512,
+    ),
 }
 
 
 def _dense(in_features: int, out_features: int, init, rngs: nnx.Rngs) -> nnx.Linear:
-    return nnx.Linear(in_features, out_features, kernel_init=init, bias_init=_zeros, rngs=rngs)
+  return nnx.Linear(in_features, out_features, kernel_init=init, bias_init=_zeros, rngs=rngs)
 
 
-def _conv(in_features: int, out_features: int, init, rngs: nnx.Rngs, *, kernel_size: int = 3,
-          stride: int = 1, use_bias: bool = True) -> nnx.Conv:
-    return nnx.Conv(in_features, out_features, (kernel_size, kernel_size), strides=stride,
-                    padding=kernel_size // 2, use_bias=use_bias, kernel_init=init,
-                    bias_init=_zeros, rngs=rngs)
+def _conv(
+    in_features: int,
+    out_features: int,
+    init,
+    rngs: nnx.Rngs,
+    *,
+    kernel_size: int = 3,
+    stride: int = 1,
+    use_bias: bool = True,
+) -> nnx.Conv:
+  return nnx.Conv(
+      in_features,
+      out_features,
+      (kernel_size, kernel_size),
+      strides=stride,
+      padding=kernel_size // 2,
+      use_bias=use_bias,
+      kernel_init=init,
+      bias_init=_zeros,
+      rngs=rngs,
+  )
 
 
 def _batch_norm(num_features: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
-    return nnx.BatchNorm(num_features, momentum=0.9, epsilon=1e-5,
-                         scale_init=nnx.initializers.uniform(1.0), rngs=rngs)
+  return nnx.BatchNorm(
+      num_features, momentum=0.9, epsilon=1e-5, scale_init=nnx.initializers.uniform(1.0), rngs=rngs
+  )
 
 
 def _max_pool(x: jax.Array) -> jax.Array:
-    return nnx.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
+  return nnx.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
 
 
 def _pooled_size(size: int, num_pools: int) -> int:
-    """Spatial size after ``num_pools`` ``_max_pool``s (each rounds an odd size up)."""
-    for _ in range(num_pools):
-        size = -(-size // 2)
-    return size
+  """Spatial size after ``num_pools`` ``_max_pool``s (each rounds an odd size up)."""
+  for _ in range(num_pools):
+    size = -(-size // 2)
+  return size
 
 
 def _image_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
-    if len(input_shape) != 3:
-        raise ValueError(f"convolutional models need input_shape (height, width, channels), "
-                         f"got {tuple(input_shape)}")
-    height, width, channels = input_shape
-    return height, width, channels
+  if len(input_shape) != 3:
+    raise ValueError(
+        f"convolutional models need input_shape (height, width, channels), "
+        f"got {tuple(input_shape)}"
+    )
+  height, width, channels = input_shape
+  return height, width, channels
 
 
 class LeNet300(nnx.Module):
-    """LeNet-300-100: flatten -> dense 300 -> relu -> dense 100 -> relu -> dense num_classes."""
+  """LeNet-300-100: flatten -> dense 300 -> relu -> dense 100 -> relu -> dense num_classes."""
 
-    def __init__(self, input_shape: Sequence[int], num_classes: int, rngs: nnx.Rngs):
-        self.dense1 = _dense(math.prod(input_shape), 300, _glorot_normal, rngs)
-        self.dense2 = _dense(300, 100, _glorot_normal, rngs)
-        self.output = _dense(100, num_classes, _glorot_normal, rngs)
+  def __init__(self, input_shape: Sequence[int], num_classes: int, rngs: nnx.Rngs):
+    self.dense1 = _dense(math.prod(input_shape), 300, _glorot_normal, rngs)
+    self.dense2 = _dense(300, 100, _glorot_normal, rngs)
+    self.output = _dense(100, num_classes, _glorot_normal, rngs)
 
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        del train  # No batch statistics.
-        x = x.reshape(x.shape[0], -1)
-        x = nnx.relu(self.dense1(x))
-        x = nnx.relu(self.dense2(x))
-        return self.output(x)
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    del train  # No batch statistics.
+    x = x.reshape(x.shape[0], -1)
+    x = nnx.relu(self.dense1(x))
+    x = nnx.relu(self.dense2(x))
+    return self.output(x)
 
 
 class ConvNet(nnx.Module):
-    """Conv-2/4/6 (Frankle & Carbin 2019, Fig. 2): one pair of 3x3 convolutions per entry of
-    ``widths`` (attributes ``conv1``, ``conv2``, ...), each pair followed by a 2x2 max-pool, then
-    dense 256 -> dense 256 -> dense num_classes, ReLU after every layer but the last."""
+  """Conv-2/4/6 (Frankle & Carbin 2019, Fig. 2): one pair of 3x3 convolutions per entry of
+  ``widths`` (attributes ``conv1``, ``conv2``, ...), each pair followed by a 2x2 max-pool, then
+  dense 256 -> dense 256 -> dense num_classes, ReLU after every layer but the last."""
 
-    def __init__(self, widths: Sequence[int], input_shape: Sequence[int], num_classes: int,
-                 rngs: nnx.Rngs):
-        height, width, channels = _image_shape(input_shape)
-        self.num_convs = 2 * len(widths)
-        in_features = channels
-        for index, features in enumerate((w for w in widths for _ in range(2)), start=1):
-            setattr(self, f"conv{index}", _conv(in_features, features, _glorot_normal, rngs))
-            in_features = features
-        flat_features = (_pooled_size(height, len(widths)) * _pooled_size(width, len(widths))
-                         * in_features)
-        self.dense1 = _dense(flat_features, 256, _glorot_normal, rngs)
-        self.dense2 = _dense(256, 256, _glorot_normal, rngs)
-        self.output = _dense(256, num_classes, _glorot_normal, rngs)
+  def __init__(
+      self, widths: Sequence[int], input_shape: Sequence[int], num_classes: int, rngs: nnx.Rngs
+  ):
+    height, width, channels = _image_shape(input_shape)
+    self.num_convs = 2 * len(widths)
+    in_features = channels
+    for index, features in enumerate((w for w in widths for _ in range(2)), start=1):
+      setattr(self, f"conv{index}", _conv(in_features, features, _glorot_normal, rngs))
+      in_features = features
+    flat_features = (
+        _pooled_size(height, len(widths)) * _pooled_size(width, len(widths)) * in_features
+    )
+    self.dense1 = _dense(flat_features, 256, _glorot_normal, rngs)
+    self.dense2 = _dense(256, 256, _glorot_normal, rngs)
+    self.output = _dense(256, num_classes, _glorot_normal, rngs)
 
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        del train  # No batch statistics.
-        for index in range(1, self.num_convs + 1):
-            x = nnx.relu(getattr(self, f"conv{index}")(x))
-            if index % 2 == 0:
-                x = _max_pool(x)
-        x = x.reshape(x.shape[0], -1)
-        x = nnx.relu(self.dense1(x))
-        x = nnx.relu(self.dense2(x))
-        return self.output(x)
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    del train  # No batch statistics.
+    for index in range(1, self.num_convs + 1):
+      x = nnx.relu(getattr(self, f"conv{index}")(x))
+      if index % 2 == 0:
+        x = _max_pool(x)
+    x = x.reshape(x.shape[0], -1)
+    x = nnx.relu(self.dense1(x))
+    x = nnx.relu(self.dense2(x))
+    return self.output(x)
 
 
 class ConvBN(nnx.Module):
-    """3x3 convolution (with bias) -> BatchNorm -> ReLU: one layer of OpenLTH's CIFAR VGG."""
+  """3x3 convolution (with bias) -> BatchNorm -> ReLU: one layer of OpenLTH's CIFAR VGG."""
 
-    def __init__(self, in_features: int, out_features: int, rngs: nnx.Rngs):
-        self.conv = _conv(in_features, out_features, _kaiming_normal, rngs)
-        self.bn = _batch_norm(out_features, rngs)
+  def __init__(self, in_features: int, out_features: int, rngs: nnx.Rngs):
+    self.conv = _conv(in_features, out_features, _kaiming_normal, rngs)
+    self.bn = _batch_norm(out_features, rngs)
 
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        return nnx.relu(self.bn(self.conv(x), use_running_average=not train))
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    return nnx.relu(self.bn(self.conv(x), use_running_average=not train))
 
 
 class VGG(nnx.Module):
-    """CIFAR VGG with BatchNorm (OpenLTH ``cifar_vgg``): ``plan`` lists conv widths (attributes
-    ``layer1``, ``layer2``, ..., each a :class:`ConvBN`) and ``"M"`` for a 2x2 max-pool; then global
-    average pooling and one dense layer ``output``."""
+  """CIFAR VGG with BatchNorm (OpenLTH ``cifar_vgg``): ``plan`` lists conv widths (attributes
+  ``layer1``, ``layer2``, ..., each a :class:`ConvBN`) and ``"M"`` for a 2x2 max-pool; then global
+  average pooling and one dense layer ``output``."""
 
-    def __init__(self, plan: Sequence[int | str], input_shape: Sequence[int], num_classes: int,
-                 rngs: nnx.Rngs):
-        *_, channels = _image_shape(input_shape)
-        self.plan = tuple(plan)
-        in_features = channels
-        for index, features in enumerate((s for s in plan if s != _POOL), start=1):
-            setattr(self, f"layer{index}", ConvBN(in_features, features, rngs))
-            in_features = features
-        self.output = _dense(in_features, num_classes, _kaiming_normal, rngs)
+  def __init__(
+      self, plan: Sequence[int | str], input_shape: Sequence[int], num_classes: int, rngs: nnx.Rngs
+  ):
+    *_, channels = _image_shape(input_shape)
+    self.plan = tuple(plan)
+    in_features = channels
+    for index, features in enumerate((s for s in plan if s != _POOL), start=1):
+      setattr(self, f"layer{index}", ConvBN(in_features, features, rngs))
+      in_features = features
+    self.output = _dense(in_features, num_classes, _kaiming_normal, rngs)
 
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        index = 0
-        for spec in self.plan:
-            if spec == _POOL:
-                x = _max_pool(x)
-            else:
-                index += 1
-                x = getattr(self, f"layer{index}")(x, train=train)
-        return self.output(x.mean(axis=(1, 2)))
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    index = 0
+    for spec in self.plan:
+      if spec == _POOL:
+        x = _max_pool(x)
+      else:
+        index += 1
+        x = getattr(self, f"layer{index}")(x, train=train)
+    return self.output(x.mean(axis=(1, 2)))
 
 
 class BasicBlock(nnx.Module):
-    """He et al. (2016) basic block: conv3x3 -> BN -> relu -> conv3x3 -> BN, plus the shortcut
-    (identity, or 1x1 conv -> BN when the stride or width changes), then relu."""
+  """He et al. (2016) basic block: conv3x3 -> BN -> relu -> conv3x3 -> BN, plus the shortcut
+  (identity, or 1x1 conv -> BN when the stride or width changes), then relu."""
 
-    def __init__(self, in_features: int, out_features: int, stride: int, rngs: nnx.Rngs):
-        self.conv1 = _conv(in_features, out_features, _kaiming_normal, rngs, stride=stride,
-                           use_bias=False)
-        self.bn1 = _batch_norm(out_features, rngs)
-        self.conv2 = _conv(out_features, out_features, _kaiming_normal, rngs, use_bias=False)
-        self.bn2 = _batch_norm(out_features, rngs)
-        if stride != 1 or in_features != out_features:
-            self.shortcut_conv = _conv(in_features, out_features, _kaiming_normal, rngs,
-                                       kernel_size=1, stride=stride, use_bias=False)
-            self.shortcut_bn = _batch_norm(out_features, rngs)
-        else:
-            self.shortcut_conv = None
-            self.shortcut_bn = None
+  def __init__(self, in_features: int, out_features: int, stride: int, rngs: nnx.Rngs):
+    self.conv1 = _conv(
+        in_features, out_features, _kaiming_normal, rngs, stride=stride, use_bias=False
+    )
+    self.bn1 = _batch_norm(out_features, rngs)
+    self.conv2 = _conv(out_features, out_features, _kaiming_normal, rngs, use_bias=False)
+    self.bn2 = _batch_norm(out_features, rngs)
+    if stride != 1 or in_features != out_features:
+      self.shortcut_conv = _conv(
+          in_features,
+          out_features,
+          _kaiming_normal,
+          rngs,
+          kernel_size=1,
+          stride=stride,
+          use_bias=False,
+      )
+      self.shortcut_bn = _batch_norm(out_features, rngs)
+    else:
+      self.shortcut_conv = None
+      self.shortcut_bn = None
 
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        out = nnx.relu(self.bn1(self.conv1(x), use_running_average=not train))
-        out = self.bn2(self.conv2(out), use_running_average=not train)
-        if self.shortcut_conv is not None:
-            x = self.shortcut_bn(self.shortcut_conv(x), use_running_average=not train)
-        return nnx.relu(out + x)
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    out = nnx.relu(self.bn1(self.conv1(x), use_running_average=not train))
+    out = self.bn2(self.conv2(out), use_running_average=not train)
+    if self.shortcut_conv is not None:
+      x = self.shortcut_bn(self.shortcut_conv(x), use_running_average=not train)
+    return nnx.relu(out + x)
 
 
 class ResNet(nnx.Module):
-    """CIFAR ResNet (He et al. 2016, Sec. 4.2; OpenLTH ``cifar_resnet``): stem ``conv``/``bn``,
-    stages of basic blocks (attributes ``stage1_block1``, ...; the first block of every stage but
-    the first halves the resolution), global average pooling and one dense layer ``output``."""
+  """CIFAR ResNet (He et al. 2016, Sec. 4.2; OpenLTH ``cifar_resnet``): stem ``conv``/``bn``,
+  stages of basic blocks (attributes ``stage1_block1``, ...; the first block of every stage but
+  the first halves the resolution), global average pooling and one dense layer ``output``."""
 
-    def __init__(self, widths: Sequence[int], blocks_per_stage: int, input_shape: Sequence[int],
-                 num_classes: int, rngs: nnx.Rngs):
-        *_, channels = _image_shape(input_shape)
-        self.block_names = tuple(f"stage{s}_block{b}" for s in range(1, len(widths) + 1)
-                                 for b in range(1, blocks_per_stage + 1))
-        self.conv = _conv(channels, widths[0], _kaiming_normal, rngs, use_bias=False)
-        self.bn = _batch_norm(widths[0], rngs)
-        in_features = widths[0]
-        for stage, features in enumerate(widths, start=1):
-            for block in range(1, blocks_per_stage + 1):
-                stride = 2 if stage > 1 and block == 1 else 1
-                setattr(self, f"stage{stage}_block{block}",
-                        BasicBlock(in_features, features, stride, rngs))
-                in_features = features
-        self.output = _dense(in_features, num_classes, _kaiming_normal, rngs)
+  def __init__(
+      self,
+      widths: Sequence[int],
+      blocks_per_stage: int,
+      input_shape: Sequence[int],
+      num_classes: int,
+      rngs: nnx.Rngs,
+  ):
+    *_, channels = _image_shape(input_shape)
+    self.block_names = tuple(
+        f"stage{s}_block{b}"
+        for s in range(1, len(widths) + 1)
+        for b in range(1, blocks_per_stage + 1)
+    )
+    self.conv = _conv(channels, widths[0], _kaiming_normal, rngs, use_bias=False)
+    self.bn = _batch_norm(widths[0], rngs)
+    in_features = widths[0]
+    for stage, features in enumerate(widths, start=1):
+      for block in range(1, blocks_per_stage + 1):
+        stride = 2 if stage > 1 and block == 1 else 1
+        setattr(self, f"stage{stage}_block{block}", BasicBlock(in_features, features, stride, rngs))
+        in_features = features
+    self.output = _dense(in_features, num_classes, _kaiming_normal, rngs)
 
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        x = nnx.relu(self.bn(self.conv(x), use_running_average=not train))
-        for name in self.block_names:
-            x = getattr(self, name)(x, train=train)
-        return self.output(x.mean(axis=(1, 2)))
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    x = nnx.relu(self.bn(self.conv(x), use_running_average=not train))
+    for name in self.block_names:
+      x = getattr(self, name)(x, train=train)
+    return self.output(x.mean(axis=(1, 2)))
 
 
 _BUILDERS: dict[str, Callable[..., nnx.Module]] = {
@@ -249,51 +304,53 @@ MODELS: tuple[str, ...] = tuple(_BUILDERS)
 
 
 def _split(module: nnx.Module) -> tuple[Any, dict, dict]:
-    """(graphdef, params, state): params are the ``nnx.Param``s, state everything else."""
-    graphdef, params, state = nnx.split(module, nnx.Param, ...)
-    return graphdef, nnx.to_pure_dict(params), nnx.to_pure_dict(state)
+  """(graphdef, params, state): params are the ``nnx.Param``s, state everything else."""
+  graphdef, params, state = nnx.split(module, nnx.Param, ...)
+  return graphdef, nnx.to_pure_dict(params), nnx.to_pure_dict(state)
 
 
 @dataclasses.dataclass(frozen=True)
 class Model:
-    """A model's static structure; its arrays live in the ``params`` and ``state`` dicts.
+  """A model's static structure; its arrays live in the ``params`` and ``state`` dicts.
 
-    Hashable, so it can be closed over or passed as a static argument of ``jax.jit``; models
-    built with the same name and shapes compare equal whatever their seed, so they share a
-    compiled step.
+  Hashable, so it can be closed over or passed as a static argument of ``jax.jit``; models
+  built with the same name and shapes compare equal whatever their seed, so they share a
+  compiled step.
+  """
+
+  name: str
+  graphdef: Any
+
+  def apply(
+      self, params: dict, state: dict, x: jax.Array, *, train: bool
+  ) -> tuple[jax.Array, dict]:
+    """Logits for ``x`` of shape ``(batch, *input_shape)``, and the new state.
+
+    ``train`` is a Python bool. ``train=True`` normalizes with batch statistics and returns
+    the updated BatchNorm running averages; ``train=False`` normalizes with the running
+    averages and returns ``state`` itself. Pure: usable under ``jit``, ``grad`` (with respect
+    to ``params``) and ``vmap``.
     """
-
-    name: str
-    graphdef: Any
-
-    def apply(self, params: dict, state: dict, x: jax.Array, *,
-              train: bool) -> tuple[jax.Array, dict]:
-        """Logits for ``x`` of shape ``(batch, *input_shape)``, and the new state.
-
-        ``train`` is a Python bool. ``train=True`` normalizes with batch statistics and returns
-        the updated BatchNorm running averages; ``train=False`` normalizes with the running
-        averages and returns ``state`` itself. Pure: usable under ``jit``, ``grad`` (with respect
-        to ``params``) and ``vmap``.
-        """
-        module = nnx.merge(self.graphdef, params, state)
-        logits = module(x, train=train)
-        if not train:
-            return logits, state
-        _, _, new_state = _split(module)
-        return logits, new_state
+    module = nnx.merge(self.graphdef, params, state)
+    logits = module(x, train=train)
+    if not train:
+      return logits, state
+    _, _, new_state = _split(module)
+    return logits, new_state
 
 
-def create(name: str, *, num_classes: int, input_shape: tuple[int, ...],
-           seed: int) -> tuple[Model, dict, dict]:
-    """Builds model ``name`` for inputs of shape ``input_shape`` (one example, e.g. (28, 28, 1)).
+def create(
+    name: str, *, num_classes: int, input_shape: tuple[int, ...], seed: int
+) -> tuple[Model, dict, dict]:
+  """Builds model ``name`` for inputs of shape ``input_shape`` (one example, e.g. (28, 28, 1)).
 
-    Returns ``(model, params, state)``: ``params`` holds every trainable array (kernels, biases,
-    BatchNorm scales and shifts), ``state`` the BatchNorm running mean and variance (``{}`` for
-    models without BatchNorm); both are plain nested dicts of ``jax.Array``. The same ``seed``
-    gives the same arrays.
-    """
-    if name not in _BUILDERS:
-        raise ValueError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}")
-    module = _BUILDERS[name](tuple(input_shape), num_classes, nnx.Rngs(seed))
-    graphdef, params, state = _split(module)
-    return Model(name, graphdef), params, state
+  Returns ``(model, params, state)``: ``params`` holds every trainable array (kernels, biases,
+  BatchNorm scales and shifts), ``state`` the BatchNorm running mean and variance (``{}`` for
+  models without BatchNorm); both are plain nested dicts of ``jax.Array``. The same ``seed``
+  gives the same arrays.
+  """
+  if name not in _BUILDERS:
+    raise ValueError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}")
+  module = _BUILDERS[name](tuple(input_shape), num_classes, nnx.Rngs(seed))
+  graphdef, params, state = _split(module)
+  return Model(name, graphdef), params, state
