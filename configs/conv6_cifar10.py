@@ -19,20 +19,12 @@ experiments (Sec. 4), apparently not for Conv-2/4/6 *(unverified)*; if so,
 ``--config.augment=False`` is the closer match.
 """
 
-from experiments.config import defaults
+from configs import conv2_cifar10
 
 
 def get_config():
-  config = defaults()
-  config.method = "magnitude"
+  config = conv2_cifar10.get_config()
   config.model = "conv6"
-  config.dataset = "tfds:cifar10"
-  config.augment = True
-  config.optimizer = "adam"
   config.learning_rate = 3e-4
-  config.lr_schedule = "constant"
-  config.batch_size = 60
   config.steps = "30000it"
-  config.final_sparsity = 0.9
-  config.distribution = "uniform"
   return config

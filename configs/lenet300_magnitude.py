@@ -18,19 +18,12 @@ Gupta prune while the learning rate is still high for the same reason). With 469
 this is about 131 pruning steps between iterations 938 and 14070.
 """
 
-from experiments.config import defaults
+from configs import lenet300_dense
 
 
 def get_config():
-  config = defaults()
+  config = lenet300_dense.get_config()
   config.method = "magnitude"
-  config.model = "lenet300"
-  config.dataset = "fashion_mnist"
-  config.optimizer = "sgd"
-  config.learning_rate = 0.1
-  config.lr_schedule = "constant"
-  config.batch_size = 128
-  config.steps = "40ep"
   config.final_sparsity = 0.9
   config.distribution = "uniform"
   config.pruning_begin = "2ep"

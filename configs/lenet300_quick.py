@@ -9,23 +9,13 @@ recover with frozen masks.
 Evaluated every epoch. Not a reproduction target: accuracy is below the 40-epoch runs.
 """
 
-from experiments.config import defaults
+from configs import lenet300_magnitude
 
 
 def get_config():
-  config = defaults()
-  config.method = "magnitude"
-  config.model = "lenet300"
-  config.dataset = "fashion_mnist"
-  config.optimizer = "sgd"
-  config.learning_rate = 0.1
-  config.lr_schedule = "constant"
-  config.batch_size = 128
+  config = lenet300_magnitude.get_config()
   config.steps = "3ep"
   config.eval_every = "1ep"
-  config.final_sparsity = 0.9
-  config.distribution = "uniform"
   config.pruning_begin = "0ep"
   config.pruning_end = "2ep"
-  config.pruning_frequency = "100it"
   return config

@@ -11,19 +11,12 @@ Training follows OpenLTH's ``mnist_lenet_300_100`` (facebookresearch/open_lth,
 ``training_steps='40ep'``.
 """
 
-from experiments.config import defaults
+from configs import lenet300_dense
 
 
 def get_config():
-  config = defaults()
+  config = lenet300_dense.get_config()
   config.method = "random"
-  config.model = "lenet300"
-  config.dataset = "fashion_mnist"
-  config.optimizer = "sgd"
-  config.learning_rate = 0.1
-  config.lr_schedule = "constant"
-  config.batch_size = 128
-  config.steps = "40ep"
   config.final_sparsity = 0.9
   config.distribution = "erk"
   return config

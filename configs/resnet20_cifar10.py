@@ -16,24 +16,10 @@ eq. 1: cubic schedule from ``pruning_begin='0it'`` to ``pruning_end='75%'`` = ep
 (lr 0.001) train the final sparse network. ``--config.method=dense`` gives the dense baseline.
 """
 
-from experiments.config import defaults
+from configs import vgg16_cifar10
 
 
 def get_config():
-  config = defaults()
-  config.method = "magnitude"
+  config = vgg16_cifar10.get_config()  # the same OpenLTH CIFAR-10 training
   config.model = "resnet20"
-  config.dataset = "tfds:cifar10"
-  config.augment = True
-  config.optimizer = "momentum"
-  config.momentum = 0.9
-  config.learning_rate = 0.1
-  config.weight_decay = 1e-4
-  config.lr_schedule = "step"
-  config.lr_milestones = ("80ep", "120ep")
-  config.lr_gamma = 0.1
-  config.batch_size = 128
-  config.steps = "160ep"
-  config.final_sparsity = 0.9
-  config.distribution = "uniform"
   return config
