@@ -201,13 +201,16 @@ def test_layout_summary_and_report(name, request):
     assert row["test_accuracy"] == pytest.approx(np.mean(accs), rel=1e-12)
     if config.replicates > 1:
       assert row["test_accuracy_std"] == pytest.approx(np.std(accs, ddof=1), rel=1e-9)
+    else:
+      assert row["test_accuracy_std"] is None  # one replicate has no spread
 
   report_md = (workdir / "report.md").read_text()
   for row in rows:
     line = [l for l in report_md.splitlines() if l.startswith(f"| {row['level']} |")]
     assert len(line) == 1, report_md
     assert f"{100 * row['density']:.1f}%" in line[0]
-    assert f"{100 * row['test_accuracy']:.2f} ±" in line[0]
+    spread = " ±" if config.replicates > 1 else " |"
+    assert f"{100 * row['test_accuracy']:.2f}{spread}" in line[0]
   for control in config.controls:
     assert f"{control} test acc" in report_md
   with open(workdir / "report.png", "rb") as f:

@@ -4,6 +4,7 @@ import importlib.util
 import json
 import os
 
+import pytest
 import tensorflow_datasets as tfds
 
 from experiments import experiment
@@ -62,6 +63,8 @@ def test_resnet20_late_rewinding_config(tmp_path):
   assert len(barrier["alphas"]) == 3 and barrier["alphas"][0] == 0.0
 
 
-def test_conv2_cifar10_config_trains_on_mock_data(tmp_path):
-  summary = run_on_mock(shorten(load_config("conv2_cifar10")), tmp_path)
+@pytest.mark.parametrize(
+    "name", ["conv2_cifar10", "conv4_cifar10", "conv6_cifar10", "vgg16_cifar10", "resnet20_cifar10"])
+def test_cifar_configs_train_on_mock_data(name, tmp_path):
+  summary = run_on_mock(shorten(load_config(name)), tmp_path)
   assert summary["steps"] == 6 and 0.0 <= summary["test_accuracy"] <= 1.0
