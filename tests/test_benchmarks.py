@@ -1,0 +1,22 @@
+"""The benchmark scripts keep running (tiny settings; no timing is asserted here)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("script,args,expected", [
+    ("overhead.py", ["--rounds", "1", "--steps", "60", "--models", "lenet"],
+     "mask-update step / ordinary step"),
+    ("throughput.py", ["--epochs", "1", "--dataset", "digits"], "random    end to end"),
+    ("imp_level.py", ["--epochs", "1", "--dataset", "digits"], "one IMP level"),
+])
+def test_benchmark_script_runs(script, args, expected):
+  result = subprocess.run([sys.executable, os.path.join("benchmarks", script), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert expected in result.stdout, result.stdout
