@@ -24,7 +24,6 @@ from experiments import experiment, trainer
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE_CONFIG = "configs/digits_smoke.py"
-FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 # LeNet-300-100 on 8x8 digits: the three prunable kernels as (path, n_in, n_out).
 LENET_DIGITS_KERNELS = (("['dense1']['kernel']", 64, 300), ("['dense2']['kernel']", 300, 100),
@@ -206,7 +205,6 @@ def test_outputs(tmp_path_factory):
   assert "total" in report and "5,020" in report and "50,200" in report
 
 
-@pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason=f"{FASHION_MNIST_DIR} not installed")
 def test_fashion_mnist_subset(tmp_path):
   config = digits_config(method="magnitude", dataset="fashion_mnist", train_subset=2000,
                          test_subset=500, steps="200it", pruning_end="150it")
