@@ -41,8 +41,16 @@ def write_json(path: str, value: Any) -> None:
   os.replace(f.name, path)
 
 
+# A lottery-ticket run can be extended in place: more levels or more replicates reuse every
+# finished level, since each level depends only on the levels before it.
+EXTENDABLE_IMP_KEYS = ("levels", "replicates")
+
+
 def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
-  """Creates ``workdir``, or checks that the run it holds has the same config."""
+  """Creates ``workdir``, or checks that the run it holds has the same config.
+
+  An ``imp`` run may come back with more ``levels`` or ``replicates``: it extends the run.
+  """
   try:
     os.makedirs(workdir, exist_ok=True)
     probe = tempfile.NamedTemporaryFile(dir=workdir, delete=True)
@@ -57,7 +65,13 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
       previous = json.load(f)
     differing = sorted(k for k in set(previous) | set(current)
                        if previous.get(k) != current.get(k))
-    if differing:
+    extends = (current.get("method") == "imp" and set(differing) <= set(EXTENDABLE_IMP_KEYS)
+               and all(current[k] > previous[k] for k in differing))
+    if differing and extends:
+      logging.info("extending the run in %s: %s", workdir,
+                   ", ".join(f"{k} {previous[k]} -> {current[k]}" for k in differing))
+      write_json(path, current)
+    elif differing:
       detail = ", ".join(f"{k}: {previous.get(k)!r} -> {current.get(k)!r}" for k in differing)
       raise ConfigError(f"workdir={workdir!r} holds a run with a different config ({detail}); "
                         "use a new --workdir, or the same config to resume.")
