@@ -48,15 +48,6 @@ def fast_forward_schedules(opt_state, step: int):
                       if is_schedule(x) else x, opt_state, is_leaf=is_schedule)
 
 
-def _on_device(state: dict) -> dict:
-  """``state`` committed to the default device, as a state restored from a checkpoint is.
-
-  jit keys its cache on whether arguments are committed: fresh (uncommitted) and restored
-  (committed) states would otherwise compile the training step more than once.
-  """
-  return jax.device_put(state, jax.devices()[0])
-
-
 def _done(directory: str) -> dict | None:
   path = os.path.join(directory, "summary.json")
   if os.path.exists(path):
@@ -77,6 +68,7 @@ class Replicate:
   directory: str
   prunable: Any
   rewind_step: int
+  _rewound: dict | None = None
 
   def fresh_state(self, params, model_state, masks, step: int, data_seed: int | None = None):
     state = trainer.init_state(params, model_state, self.optimizer, self.seed, data_seed)
@@ -90,13 +82,18 @@ class Replicate:
     summary = _done(workdir)
     if summary is not None:
       return None, summary
-    state, summary = trainer.train(self.task, self.train_steps, self.evaluate, _on_device(state),
+    state, summary = trainer.train(self.task, self.train_steps, self.evaluate, state,
                                    workdir, prunable=self.prunable, label=label)
     experiment.write_json(os.path.join(workdir, "summary.json"), summary)
     return state, summary
 
   def rewind_state(self) -> dict:
-    """The full training state at the rewind step, saved by level 0."""
+    """The full training state at the rewind step, saved by level 0 (read once)."""
+    if self._rewound is None:
+      self._rewound = self._restore_rewind_state()
+    return self._rewound
+
+  def _restore_rewind_state(self) -> dict:
     template = self.fresh_state(*self.init(self.seed), self.ones(), 0)
     checkpoints = trainer.Checkpoints(os.path.join(self.directory, "rewind_state"))
     restored, _ = checkpoints.restore(self.rewind_step, template)
@@ -123,7 +120,7 @@ def _train_level(rep: Replicate, params, masks, *, level: int, start_step: int):
     if checkpoints.latest_step() is None:
       if rep.rewind_step > 0:
         # Segment 1: dense training up to the rewind step k, whose full state is kept.
-        state, _ = trainer.train(rep.task, rep.train_steps, rep.evaluate, _on_device(state),
+        state, _ = trainer.train(rep.task, rep.train_steps, rep.evaluate, state,
                                  workdir, end_step=rep.rewind_step, prunable=rep.prunable,
                                  label=label)
       checkpoints.save(rep.rewind_step, state, {})

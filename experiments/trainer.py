@@ -116,7 +116,7 @@ class Task:
 def make_train_steps(task: Task, optimizer: optax.GradientTransformation) -> Callable:
   """``train_steps(state, n) -> (state, (loss_sum, correct_sum))``: n steps in one jitted loop."""
   data, spe, bs = task.data, task.durations.steps_per_epoch, task.batch_size
-  grad_fn = jax.grad(task.loss, has_aux=True)
+  grad_fn = jax.value_and_grad(task.loss, has_aux=True)
 
   def one_step(i, carry):
     state, perm, loss_sum, correct = carry
@@ -129,11 +129,10 @@ def make_train_steps(task: Task, optimizer: optax.GradientTransformation) -> Cal
     if task.augment:
       x = data_lib.augment(jax.random.fold_in(state["aug_key"], step), x)
     params = state["params"]
-    grads, (logits, model_state) = grad_fn(params, state["model_state"], x, y, True)
+    (loss, (logits, model_state)), grads = grad_fn(params, state["model_state"], x, y, True)
     updates, opt_state = optimizer.update(grads, state["opt_state"], params)
     new_state = dict(state, step=step + 1, params=optax.apply_updates(params, updates),
                      model_state=model_state, opt_state=opt_state)
-    loss = cross_entropy(logits, y)
     return (new_state, perm, loss_sum + loss,
             correct + jnp.sum(jnp.argmax(logits, -1) == y, dtype=jnp.int32))
 
@@ -290,6 +289,9 @@ def train(task: Task, train_steps: Callable, evaluate: Callable, state: dict, wo
   """
   d = task.durations
   end = d.total if end_step is None else end_step
+  # jit keys its cache on whether arguments are committed to a device: a restored state is, a
+  # freshly built one is not. Committing both lets every training share one compiled step.
+  state = jax.device_put(state, jax.devices()[0])
   os.makedirs(workdir, exist_ok=True)
   checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"))
   record = Record()

@@ -42,10 +42,11 @@ def order_keys(scores: jax.Array, eligible: jax.Array | None = None) -> jax.Arra
 _EXACT_FLOAT_COUNT = 2**24
 
 
-def _count(bools: jax.Array) -> jax.Array:
-  if bools.size < _EXACT_FLOAT_COUNT:
-    return jnp.sum(bools, dtype=jnp.float32).astype(jnp.int32)
-  return jnp.sum(bools, dtype=jnp.int32)
+def _count(bools: jax.Array, axis=None) -> jax.Array:
+  n = bools.size if axis is None else bools.shape[axis]
+  if n < _EXACT_FLOAT_COUNT:
+    return jnp.sum(bools, axis=axis, dtype=jnp.float32).astype(jnp.int32)
+  return jnp.sum(bools, axis=axis, dtype=jnp.int32)
 
 
 def _count_at_least(keys: Sequence[jax.Array], t: jax.Array) -> jax.Array:
@@ -54,14 +55,8 @@ def _count_at_least(keys: Sequence[jax.Array], t: jax.Array) -> jax.Array:
 
 def _count_at_least_each(keys: Sequence[jax.Array], ts: jax.Array) -> jax.Array:
   """count(keys >= t) for each t of a short vector, in one pass per array."""
-  return sum((_count_rows(k.ravel()[None, :] >= ts[:, None]) for k in keys),
+  return sum((_count(k.ravel()[None, :] >= ts[:, None], axis=1) for k in keys),
              jnp.zeros(ts.shape, jnp.int32))
-
-
-def _count_rows(bools: jax.Array) -> jax.Array:
-  if bools.shape[1] < _EXACT_FLOAT_COUNT:
-    return jnp.sum(bools, axis=1, dtype=jnp.float32).astype(jnp.int32)
-  return jnp.sum(bools, axis=1, dtype=jnp.int32)
 
 
 class _Bracket(NamedTuple):

@@ -28,6 +28,7 @@ from experiments import config as config_lib
 from experiments import data as data_lib
 from experiments import experiment, imp, models, trainer
 from sparsejax import connectivity, transforms
+from workdir_files import checkpoint_steps, read_json, read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 CONTROLS = ("reinit", "shuffle_layerwise", "shuffle_global")
@@ -55,14 +56,8 @@ def imp_config(**overrides):
   return c
 
 
-def read_json(path):
-  with open(path) as f:
-    return json.load(f)
 
 
-def read_metrics(path):
-  with open(path) as f:
-    return [json.loads(line) for line in f]
 
 
 def load_leaves(path):
@@ -506,10 +501,6 @@ def get_config():
 '''
 
 
-def checkpoint_steps(directory):
-  if not directory.is_dir():
-    return []
-  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
 
 
 def strip_wall(value):

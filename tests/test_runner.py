@@ -21,6 +21,7 @@ import pytest
 
 from experiments import config as config_lib
 from experiments import experiment, trainer
+from workdir_files import checkpoint_steps, read_json, read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE_CONFIG = "configs/digits_smoke.py"
@@ -50,14 +51,8 @@ def digits_config(**overrides):
   return c
 
 
-def read_json(path):
-  with open(path) as f:
-    return json.load(f)
 
 
-def read_metrics(workdir):
-  with open(Path(workdir) / "metrics.jsonl") as f:
-    return [json.loads(line) for line in f]
 
 
 def read_masks(workdir):
@@ -65,11 +60,6 @@ def read_masks(workdir):
     return {k: npz[k] for k in npz.files}
 
 
-def checkpoint_steps(workdir):
-  directory = Path(workdir) / "checkpoints"
-  if not directory.is_dir():
-    return []
-  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
 
 
 def restore_params(workdir, step):
@@ -151,7 +141,7 @@ def test_method_trains_to_exact_density(tmp_path_factory, case):
       path: (kept[path], n_in * n_out) for path, n_in, n_out in LENET_DIGITS_KERNELS}
 
   # The final params (the last checkpoint) are exactly zero wherever the saved mask is False.
-  assert checkpoint_steps(workdir)[-1] == 300
+  assert checkpoint_steps(Path(workdir) / "checkpoints")[-1] == 300
   state = restore_params(workdir, 300)
   assert int(state["step"]) == 300
   params = {jax.tree_util.keystr(p): np.asarray(x)
@@ -183,7 +173,7 @@ def test_outputs(tmp_path_factory):
   assert on_disk["early_stop_step"] in (0, 100, 200, 300)
   assert on_disk["wall_seconds"] > 0
 
-  rows = read_metrics(workdir)
+  rows = read_metrics(Path(workdir) / "metrics.jsonl")
   steps = [r["step"] for r in rows]
   assert steps == [0, 100, 200, 300]
   assert all("test_accuracy" in r and "test_loss" in r for r in rows)
@@ -242,13 +232,14 @@ def test_resume_after_sigkill_is_bitwise_identical(completed_cli_run, tmp_path):
     proc = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     try:
       deadline = time.time() + 240
-      while not checkpoint_steps(workdir) and proc.poll() is None and time.time() < deadline:
+      checkpoints = Path(workdir) / "checkpoints"
+      while not checkpoint_steps(checkpoints) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.005)
       os.kill(proc.pid, signal.SIGKILL)
     finally:
       proc.wait()
   assert proc.returncode == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-3000:]
-  interrupted_at = checkpoint_steps(workdir)
+  interrupted_at = checkpoint_steps(Path(workdir) / "checkpoints")
   assert interrupted_at and interrupted_at[-1] < 1000
   assert not (workdir / "summary.json").exists()
 
@@ -267,7 +258,8 @@ def test_resume_after_sigkill_is_bitwise_identical(completed_cli_run, tmp_path):
   for key in masks_a:
     np.testing.assert_array_equal(masks_a[key], masks_b[key])
 
-  rows_a, rows_b = read_metrics(completed_cli_run), read_metrics(workdir)
+  rows_a = read_metrics(Path(completed_cli_run) / "metrics.jsonl")
+  rows_b = read_metrics(Path(workdir) / "metrics.jsonl")
   steps_b = [r["step"] for r in rows_b]
   assert len(steps_b) == len(set(steps_b)), steps_b
   assert steps_b == [r["step"] for r in rows_a] == list(range(0, 1001, 50))
