@@ -12,7 +12,6 @@ import re
 
 import ml_collections
 
-METHODS = ("dense", "magnitude", "random", "snip", "imp")
 CONTROLS = ("reinit", "shuffle_layerwise", "shuffle_global")
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
 LR_SCHEDULES = ("constant", "step", "cosine")
@@ -86,11 +85,20 @@ def _choice(config, key, choices):
     raise ConfigError(f"{key}={config[key]!r} is not one of {list(choices)}.")
 
 
+def _check_regex(key: str, pattern: str) -> None:
+  try:
+    re.compile(pattern)
+  except re.error as e:
+    raise ConfigError(f"{key}: {pattern!r} is not a regular expression ({e}).") from None
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises :class:`ConfigError` naming the first key whose value cannot be used."""
+  from experiments import methods  # methods builds on this module
   unknown = sorted(set(config.keys()) - set(defaults().keys()))
   if unknown:
     raise ConfigError(f"unknown config key(s) {unknown}; valid keys: {sorted(defaults().keys())}.")
-  _choice(config, "method", METHODS)
+  _choice(config, "method", methods.names())
   _choice(config, "optimizer", OPTIMIZERS)
   _choice(config, "lr_schedule", LR_SCHEDULES)
   _choice(config, "distribution", DISTRIBUTIONS)
@@ -116,6 +124,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
                       f"{config.replicates!r} >= 1.")
   if not 0.0 < config.prune_fraction < 1.0:
     raise ConfigError(f"prune_fraction={config.prune_fraction!r} must lie in (0, 1).")
+  if config.prune_exclude:
+    _check_regex("prune_exclude", config.prune_exclude)
   parse_overrides(config.prune_fraction_overrides)
   for control in config.controls:
     if control not in CONTROLS:
@@ -139,6 +149,7 @@ def parse_overrides(text: str) -> dict[str, float]:
     if not sep or not pattern or not 0.0 <= fraction < 1.0:
       raise ConfigError(f"prune_fraction_overrides: {item!r} is not 'regex=fraction' with a "
                         "fraction in [0, 1), e.g. 'output=0.1'.")
+    _check_regex("prune_fraction_overrides", pattern)
     out[pattern] = fraction
   return out
 

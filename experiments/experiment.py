@@ -2,7 +2,7 @@
 
 Workdir layout::
 
-  config.json            the resolved config (a workdir refuses a different one)
+  config.json            the resolved config (once checkpointed, a workdir refuses another)
   checkpoints/           orbax checkpoints (atomic), the latest two
   metrics.jsonl          one JSON row per event; tensorboard/ the same as event files
   masks.npz              the final masks, keyed by param path
@@ -32,13 +32,17 @@ from sparsejax import masks as masks_lib
 PyTree = Any
 
 
-def write_json(path: str, value: Any) -> None:
-  """Writes JSON atomically (a reader never sees a half-written file)."""
+def write_text(path: str, text: str) -> None:
+  """Writes ``text`` atomically (a reader never sees a half-written file)."""
   directory = os.path.dirname(path) or "."
   with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, suffix=".tmp") as f:
-    json.dump(value, f, indent=2, sort_keys=True)
-    f.write("\n")
+    f.write(text)
   os.replace(f.name, path)
+
+
+def write_json(path: str, value: Any) -> None:
+  """Writes JSON atomically."""
+  write_text(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
 
 
 # A lottery-ticket run can be extended in place: more levels or more replicates reuse every
@@ -46,10 +50,18 @@ def write_json(path: str, value: Any) -> None:
 EXTENDABLE_IMP_KEYS = ("levels", "replicates")
 
 
+def _holds_checkpoint(workdir: str) -> bool:
+  checkpoints = os.path.join(workdir, "checkpoints")
+  return os.path.isdir(checkpoints) and any(name.isdigit() for name in os.listdir(checkpoints))
+
+
 def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
   """Creates ``workdir``, or checks that the run it holds has the same config.
 
-  An ``imp`` run may come back with more ``levels`` or ``replicates``: it extends the run.
+  An ``imp`` run may come back with more ``levels`` or ``replicates``: it extends the run. A run
+  (other than ``imp``, whose levels live elsewhere) that stopped before its first checkpoint, e.g.
+  because the loss became NaN, holds nothing to resume: any config replaces it, and the trainer
+  drops its metrics.
   """
   try:
     os.makedirs(workdir, exist_ok=True)
@@ -65,22 +77,36 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
       previous = json.load(f)
     differing = sorted(k for k in set(previous) | set(current)
                        if previous.get(k) != current.get(k))
-    extends = (current.get("method") == "imp" and set(differing) <= set(EXTENDABLE_IMP_KEYS)
+    if not differing:
+      return
+    detail = ", ".join(f"{k}: {previous.get(k)!r} -> {current.get(k)!r}" for k in differing)
+    lottery = methods_lib.LOTTERY_TICKETS
+    extends = (current["method"] == lottery and set(differing) <= set(EXTENDABLE_IMP_KEYS)
                and all(current[k] > previous[k] for k in differing))
-    if differing and extends:
-      logging.info("extending the run in %s: %s", workdir,
-                   ", ".join(f"{k} {previous[k]} -> {current[k]}" for k in differing))
-      write_json(path, current)
-    elif differing:
-      detail = ", ".join(f"{k}: {previous.get(k)!r} -> {current.get(k)!r}" for k in differing)
+    unstarted = (lottery not in (previous.get("method"), current["method"])
+                 and not _holds_checkpoint(workdir))
+    if extends:
+      logging.info("extending the run in %s: %s", workdir, detail)
+    elif unstarted:
+      logging.info("replacing the config of %s, which holds no checkpoint: %s", workdir, detail)
+    else:
       raise ConfigError(f"workdir={workdir!r} holds a run with a different config ({detail}); "
                         "use a new --workdir, or the same config to resume.")
-    return
   write_json(path, current)
 
 
 def prunable_rule(config: ml_collections.ConfigDict):
   return masks_lib.rule(exclude=config.prune_exclude or None)
+
+
+def check_prunable(config: ml_collections.ConfigDict, params: PyTree, prunable) -> None:
+  """Raises :class:`ConfigError` if ``prune_exclude`` leaves no layer of the model prunable."""
+  try:
+    masks_lib.prunable_paths(params, prunable)
+  except ValueError:
+    layers = ", ".join(masks_lib.prunable_paths(params))
+    raise ConfigError(f"prune_exclude={config.prune_exclude!r} excludes every prunable layer of "
+                      f"{config.model} ({layers}); exclude fewer.") from None
 
 
 def load_data(config: ml_collections.ConfigDict) -> data_lib.Dataset:
@@ -117,28 +143,27 @@ def save_masks(workdir: str, params: PyTree, masks: PyTree) -> None:
   write_json(os.path.join(workdir, "sparsity_report.json"),
              [{"path": r.path, "shape": list(r.shape), "kept": r.kept, "total": r.total,
                "density": r.density} for r in rows])
-  with open(os.path.join(workdir, "sparsity_report.txt.tmp"), "w") as f:
-    f.write(masks_lib.summary_table(params, masks) + "\n")
-  os.replace(os.path.join(workdir, "sparsity_report.txt.tmp"),
-             os.path.join(workdir, "sparsity_report.txt"))
+  write_text(os.path.join(workdir, "sparsity_report.txt"),
+             masks_lib.summary_table(params, masks) + "\n")
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs (or resumes) the experiment ``config`` in ``workdir`` and returns its summary."""
   config = finalize(config)
-  # Data and model errors come before the workdir records the config, so that the corrected
-  # config can still use the same workdir.
+  # Data, model and prunable-layer errors come before the workdir records the config, so that the
+  # corrected config can still use the same workdir.
   data = load_data(config)
   task, params, model_state = build_task(config, data)
   rewind_step = parse_duration(config.rewind, task.durations.steps_per_epoch, "rewind")
-  if config.method == "imp" and rewind_step >= task.durations.total:
+  if config.method == methods_lib.LOTTERY_TICKETS and rewind_step >= task.durations.total:
     raise ConfigError(f"rewind={config.rewind!r} ({rewind_step} steps) must come before the end "
                       f"of training ({task.durations.total} steps).")
+  prunable = prunable_rule(config)
+  check_prunable(config, params, prunable)
   prepare_workdir(workdir, config)
-  if config.method == "imp":
+  if config.method == methods_lib.LOTTERY_TICKETS:
     from experiments import imp  # imp builds on this module
     return imp.run(config, workdir, task)
-  prunable = prunable_rule(config)
   ctx = methods_lib.MethodContext(
       config=config,
       inner=trainer.base_optimizer(config, trainer.learning_rate_schedule(config, task.durations)),

@@ -2,7 +2,10 @@
 
 A client of :mod:`sparsejax.lottery` and :mod:`sparsejax.connectivity`. The training of every
 level, control and instability copy is the runner's loop (:func:`experiments.trainer.train`),
-all through one compiled training step: the masks travel in the optimizer state.
+all through one compiled training step: the masks travel in the optimizer state. Every level,
+control and instability copy after the dense run starts at the rewind step k with a fresh
+optimizer (OpenLTH's choice) or, with ``reset_optimizer=False``, the dense run's optimizer state
+at k with the entries of the pruned weights zeroed.
 
 Workdir layout (as OpenLTH's, one directory per replicate and level)::
 
@@ -77,6 +80,19 @@ class Replicate:
     state["step"] = jax.numpy.int32(step)
     return state
 
+  def start_state(self, params, model_state, masks, *, reset_optimizer: bool,
+                  data_seed: int | None = None) -> dict:
+    """The state of a training from the rewind step k: ``params`` (pruned weights 0), ``masks``.
+
+    With ``reset_optimizer`` the optimizer is fresh, its learning-rate schedule at k (OpenLTH);
+    otherwise it is the dense run's optimizer state at k with the entries of the pruned weights
+    zeroed (momentum, Adam moments), since pruned weights leave nothing in the optimizer state.
+    """
+    state = self.fresh_state(params, model_state, masks, self.rewind_step, data_seed)
+    if not reset_optimizer:
+      state["opt_state"] = transforms.set_masks(self.rewind_state()["opt_state"], masks)
+    return state
+
   def train(self, state, workdir: str, label: str) -> tuple[dict, dict]:
     """Trains ``state`` to the end in ``workdir`` (resumable) and records its summary there."""
     summary = _done(workdir)
@@ -127,12 +143,8 @@ def _train_level(rep: Replicate, params, masks, *, level: int, start_step: int):
     checkpoints.close()
     rewind_params = rep.rewind_state()["params"]
   else:
-    rewound = rep.rewind_state()
-    state = dict(rewound, params=params)
-    if rep.config.reset_optimizer:
-      state = rep.fresh_state(params, rewound["model_state"], masks, start_step)
-    else:
-      state["opt_state"] = transforms.set_masks(rewound["opt_state"], masks)
+    state = rep.start_state(params, rep.rewind_state()["model_state"], masks,
+                            reset_optimizer=rep.config.reset_optimizer)
     rewind_params = None
   state, summary = rep.train(state, workdir, label)
   final = state if state is not None else _load_final(workdir, rep, params)
@@ -149,7 +161,11 @@ def _load_final(workdir: str, rep: Replicate, like: PyTree) -> dict:
 
 
 def _controls(rep: Replicate, level: lottery.Level) -> dict:
-  """Trains each configured control of ``level`` from the rewind step; their summaries."""
+  """Trains each configured control of ``level`` from the rewind step; their summaries.
+
+  A control starts as the ticket does (a fresh or a rewound optimizer, ``reset_optimizer``), so
+  that only the masks or the weights differ.
+  """
   out = {}
   if level.level == 0:
     return out
@@ -169,7 +185,8 @@ def _controls(rep: Replicate, level: lottery.Level) -> dict:
         shuffle = lottery.shuffle_layerwise if name == "shuffle_layerwise" else lottery.shuffle_global
         masks = shuffle(key, level.masks)
         params = lottery.rewind(rewound["params"], masks)
-      state = rep.fresh_state(params, model_state, masks, rep.rewind_step)
+      state = rep.start_state(params, model_state, masks,
+                              reset_optimizer=rep.config.reset_optimizer)
       # The masks first: a run killed after the control's summary.json resumes past it.
       os.makedirs(workdir, exist_ok=True)
       experiment.save_masks(workdir, params, masks)
@@ -179,7 +196,15 @@ def _controls(rep: Replicate, level: lottery.Level) -> dict:
 
 
 def _instability(rep: Replicate, level: lottery.Level) -> dict:
-  """Error barrier between two copies trained from the level's start with different data orders."""
+  """Error barrier between two copies trained from the level's start with different data orders.
+
+  Frankle et al. 2020, Sec. 2: the test error of (1 - alpha) W1 + alpha W2. A network here is its
+  params *and* its BatchNorm running statistics, both interpolated linearly, so that each end of
+  the path is exactly one copy's trained network (errors[0] and errors[-1] are 1 - the copies'
+  test accuracies) and the statistics along the path are those of the same mixture.
+  At level 0 both copies continue the dense run (its optimizer state at k); later levels start as
+  the level's ticket does (``reset_optimizer``).
+  """
   directory = os.path.join(lottery.level_dir(rep.directory, level.level), "instability")
   path = os.path.join(directory, "barrier.json")
   if os.path.exists(path):
@@ -190,16 +215,15 @@ def _instability(rep: Replicate, level: lottery.Level) -> dict:
   start = rewound["params"] if level.level == 0 else level.start_params
   finals = []
   for copy in (1, 2):
-    state = rep.fresh_state(start, rewound["model_state"], level.masks, rep.rewind_step,
+    state = rep.start_state(start, rewound["model_state"], level.masks,
+                            reset_optimizer=level.level > 0 and rep.config.reset_optimizer,
                             data_seed=rep.seed * 1000 + 100 + copy)
-    if level.level == 0 or not rep.config.reset_optimizer:
-      state["opt_state"] = transforms.set_masks(rewound["opt_state"], level.masks)
     workdir = os.path.join(directory, f"copy_{copy}")
     state, _ = rep.train(state, workdir, f"[level {level.level} instability copy {copy}] ")
     finals.append(state if state is not None else _load_final(workdir, rep, start))
-  error = lambda p: 1.0 - float(rep.evaluate(p, finals[0]["model_state"])[1])
-  barrier = connectivity.error_barrier(error, finals[0]["params"], finals[1]["params"],
-                                       rep.config.instability_alphas)
+  networks = [(final["params"], final["model_state"]) for final in finals]
+  error = lambda network: 1.0 - float(rep.evaluate(*network)[1])
+  barrier = connectivity.error_barrier(error, *networks, rep.config.instability_alphas)
   result = barrier._asdict()
   experiment.write_json(path, result)
   return result
@@ -226,9 +250,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: trainer.Task) -> 
     per_level = []
 
     def on_level(level: lottery.Level, rep=rep, per_level=per_level):
-      directory = lottery.level_dir(rep.directory, level.level)
-      with open(os.path.join(directory, "sparsity_report.txt"), "w") as f:
-        f.write(masks_lib.summary_table(level.final_params, level.masks) + "\n")
+      experiment.write_text(os.path.join(lottery.level_dir(rep.directory, level.level),
+                                         "sparsity_report.txt"),
+                            masks_lib.summary_table(level.final_params, level.masks) + "\n")
       row = {"level": level.level, **level.metrics, "controls": _controls(rep, level)}
       if config.instability:
         row["instability"] = _instability(rep, level)

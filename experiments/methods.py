@@ -1,8 +1,8 @@
 """Sparse training methods of the runner: config -> optax optimizer wrapping the dense one.
 
 A method is one function of a :class:`MethodContext`, registered in :data:`METHODS` under the name
-the config's ``method`` key uses. Adding a method means adding one function here (and its config
-keys in ``experiments/config.py``).
+the config's ``method`` key uses; the config accepts exactly the names of :func:`names`. Adding a
+method means adding one function here (and its config keys in ``experiments/config.py``).
 """
 
 from __future__ import annotations
@@ -73,3 +73,12 @@ METHODS: dict[str, Callable[[MethodContext], optax.GradientTransformation]] = {
     "random": random,
     "snip": snip,
 }
+
+# The lottery-ticket experiment is not one optimizer but a sequence of trainings, run by
+# experiments/imp.py (which builds on experiments.experiment, so it is not imported here).
+LOTTERY_TICKETS = "imp"
+
+
+def names() -> tuple[str, ...]:
+  """Every value the config's ``method`` key accepts."""
+  return (*METHODS, LOTTERY_TICKETS)

@@ -12,6 +12,8 @@ import os
 
 import numpy as np
 
+from experiments import experiment
+
 STATS = ("test_accuracy", "best_test_accuracy", "early_stop_step")
 
 
@@ -125,7 +127,5 @@ def plot(summary: dict, path: str) -> None:
 
 def write(workdir: str, summary: dict) -> None:
   """Writes ``report.md`` and ``report.png`` into ``workdir``."""
-  with open(os.path.join(workdir, "report.md.tmp"), "w") as f:
-    f.write(markdown(summary))
-  os.replace(os.path.join(workdir, "report.md.tmp"), os.path.join(workdir, "report.md"))
+  experiment.write_text(os.path.join(workdir, "report.md"), markdown(summary))
   plot(summary, os.path.join(workdir, "report.png"))

@@ -7,7 +7,7 @@ the device from device-resident arrays in an order that is a pure function of
 bitwise identical to an uninterrupted one on CPU.
 
 The state is a plain dict (``step``, ``params``, ``model_state``, ``opt_state``, ``data_key``,
-``aug_key``) so orbax can checkpoint it and IMP (``experiments.lottery``) can rewind it.
+``aug_key``) so orbax can checkpoint it and IMP (``experiments.imp``) can rewind it.
 """
 
 from __future__ import annotations
@@ -202,20 +202,29 @@ def masks_of(state: dict, prunable: masks_lib.Prunable = None) -> PyTree:
 
 
 class MetricWriter:
-  """Appends metric rows to ``metrics.jsonl`` and TensorBoard event files in ``directory``."""
+  """Appends metric rows to ``metrics.jsonl`` and TensorBoard event files in ``directory``.
 
-  def __init__(self, directory: str, resume_step: int):
+  ``resume_step`` is the step of the checkpoint the run resumes from, or None for a run from
+  scratch: rows and events after it belong to work that is redone now, so they are dropped
+  (TensorBoard's ``purge_step`` hides the events).
+  """
+
+  def __init__(self, directory: str, resume_step: int | None):
     from tensorboardX import SummaryWriter
     self.path = os.path.join(directory, "metrics.jsonl")
     if os.path.exists(self.path):
-      # Rows past the restored checkpoint belong to work that will be redone: drop them.
       with open(self.path) as f:
-        kept = [line for line in f if json.loads(line)["step"] <= resume_step]
+        kept = [line for line in f
+                if resume_step is not None and json.loads(line)["step"] <= resume_step]
       tmp = self.path + ".tmp"
       with open(tmp, "w") as f:
         f.writelines(kept)
       os.replace(tmp, self.path)
-    self.tb = SummaryWriter(os.path.join(directory, "tensorboard"))
+    purge_step = 0 if resume_step is None else resume_step + 1
+    # Event files are named by the second they are opened in; the suffix keeps a file opened in
+    # the same second by an earlier training of this directory from being overwritten.
+    self.tb = SummaryWriter(os.path.join(directory, "tensorboard"), purge_step=purge_step,
+                            filename_suffix=f".from_step_{purge_step}")
 
   def write(self, step: int, **metrics):
     with open(self.path, "a") as f:
@@ -261,9 +270,16 @@ class Checkpoints:
 
 @dataclasses.dataclass
 class Record:
-  """What a run has measured so far; saved with every checkpoint."""
+  """What a run has measured so far; saved with every checkpoint.
+
+  The train loss and correct predictions summed since the last log are part of it, so that a run
+  resumed between two logs logs the same train metrics as an uninterrupted one.
+  """
   evals: list = dataclasses.field(default_factory=list)  # [step, test_loss, test_accuracy]
   wall_seconds: float = 0.0
+  train_loss_sum: float = 0.0
+  train_correct: int = 0
+  train_steps: int = 0
 
   def best(self) -> dict:
     if not self.evals:
@@ -301,9 +317,8 @@ def train(task: Task, train_steps: Callable, evaluate: Callable, state: dict, wo
     record = Record(**saved)
     logging.info("%sresumed from the checkpoint at step %d", label, latest)
   step = int(state["step"])
-  writer = MetricWriter(workdir, step)
+  writer = MetricWriter(workdir, latest)
   start_wall = time.time() - record.wall_seconds
-  loss_sum, correct_sum, count = 0.0, 0, 0
   last_log_time, last_log_step = time.time(), step
 
   def next_event(s):
@@ -318,22 +333,23 @@ def train(task: Task, train_steps: Callable, evaluate: Callable, state: dict, wo
     while step < end:
       target = next_event(step)
       state, (l, c) = train_steps(state, target - step)
-      loss_sum += float(l)
-      correct_sum += int(c)
-      count += target - step
+      record.train_loss_sum += float(l)
+      record.train_correct += int(c)
+      record.train_steps += target - step
       step = target
-      if not math.isfinite(loss_sum):
+      if not math.isfinite(record.train_loss_sum):
         raise TrainingError(
-            f"{label}the training loss became {loss_sum} by step {step}; lower learning_rate "
-            "or check the data.")
+            f"{label}the training loss became {record.train_loss_sum} by step {step}; lower "
+            "learning_rate or check the data.")
       metrics = {}
       if step % d.log_every == 0 or step == end:
         now = time.time()
         rate = (step - last_log_step) / max(now - last_log_time, 1e-9)
         density_now = density(masks_of(state, prunable))
-        metrics.update(train_loss=loss_sum / count, train_accuracy=correct_sum / (
-            count * task.batch_size), density=density_now, steps_per_second=rate)
-        loss_sum, correct_sum, count = 0.0, 0, 0
+        metrics.update(train_loss=record.train_loss_sum / record.train_steps,
+                       train_accuracy=record.train_correct / (record.train_steps * task.batch_size),
+                       density=density_now, steps_per_second=rate)
+        record.train_loss_sum, record.train_correct, record.train_steps = 0.0, 0, 0
         last_log_time, last_log_step = now, step
       if step % d.eval_every == 0 or step == end:
         test_loss, test_acc = (float(v) for v in evaluate(state["params"], state["model_state"]))

@@ -5,6 +5,11 @@ Two networks W1, W2 trained from the same weights with different SGD noise (data
 the endpoints. The *error barrier* is the maximum of the error on the path minus the mean of the
 two endpoints' errors; a network is *stable* to SGD noise when the barrier is below 2%. The
 paper evaluates 30 values of alpha in [0, 1].
+
+A network is any pytree. With BatchNorm, pass ``(params, model_state)``: the running statistics
+are then interpolated linearly with the weights, so that each end of the path is exactly one
+trained network (evaluating the whole path with one endpoint's statistics would make the other
+end a different network).
 """
 
 from __future__ import annotations
@@ -21,7 +26,11 @@ STABLE_BARRIER = 0.02
 
 
 def interpolate(params_a: PyTree, params_b: PyTree, alpha) -> PyTree:
-  """(1 - alpha) * params_a + alpha * params_b, leaf by leaf (dtypes kept)."""
+  """(1 - alpha) * params_a + alpha * params_b, leaf by leaf (dtypes kept).
+
+  Any two pytrees of the same structure, e.g. ``(params, model_state)`` pairs; at alpha 0 and 1
+  the result equals ``params_a`` and ``params_b`` (finite values).
+  """
   return jax.tree.map(lambda a, b: ((1 - alpha) * a + alpha * b).astype(jnp.result_type(a)),
                       params_a, params_b)
 
@@ -35,7 +44,11 @@ class Barrier(NamedTuple):
 
 def error_barrier(error_fn: Callable[[PyTree], Any], params_a: PyTree, params_b: PyTree,
                   num_alphas: int = 30) -> Barrier:
-  """Evaluates ``error_fn`` (e.g. 1 - test accuracy) at ``num_alphas`` points of the path."""
+  """Evaluates ``error_fn`` (e.g. 1 - test accuracy) at ``num_alphas`` points of the path.
+
+  ``params_a`` and ``params_b`` are whatever ``error_fn`` takes: the params, or e.g.
+  ``(params, model_state)`` pairs so that BatchNorm statistics travel along the path too.
+  """
   if num_alphas < 2:
     raise ValueError(f"num_alphas={num_alphas!r} must be >= 2 (the two endpoints at least).")
   alphas = np.linspace(0.0, 1.0, num_alphas)
@@ -49,7 +62,8 @@ def instability(train_fn: Callable[[PyTree, int], PyTree], start_params: PyTree,
                 num_alphas: int = 30) -> Barrier:
   """Trains two copies of ``start_params`` with different data orders and measures the barrier.
 
-  ``train_fn(params, data_seed) -> trained params`` trains with the data order of ``data_seed``.
+  ``train_fn(params, data_seed) -> trained params`` trains with the data order of ``data_seed``;
+  as in :func:`error_barrier`, ``start_params`` may hold the BatchNorm statistics too.
   """
   if len(data_seeds) != 2:
     raise ValueError(f"data_seeds={data_seeds!r} must hold two seeds, one per copy.")

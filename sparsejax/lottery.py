@@ -6,7 +6,8 @@ rewinding to iteration k). One level of IMP:
 
 1. prune a fraction p of the *surviving* weights of the previous level's trained weights by
    magnitude (globally or per layer; per-layer fractions may differ, e.g. the output layer at p/2),
-   so the density after level L is (1 - p)^L;
+   so the density after level L is (1 - p)^L: a layer of n weights keeps round(n (1 - p)^L),
+   counted from n at every level so that rounding never accumulates;
 2. rewind: params = theta_k * mask, where theta_k are the dense run's weights at step k
    (k = 0 is the original LTH);
 3. train from step k to T (the caller's training function).
@@ -71,7 +72,7 @@ def layer_fractions(masks: PyTree, prune_fraction: float,
 
 
 def prune_level(params: PyTree, masks: PyTree, prune_fraction: float, *, mode: str = "global",
-                overrides: Fractions | None = None) -> PyTree:
+                overrides: Fractions | None = None, level: int | None = None) -> PyTree:
   """One IMP pruning step: removes a fraction of the surviving weights by |params|.
 
   Args:
@@ -82,11 +83,19 @@ def prune_level(params: PyTree, masks: PyTree, prune_fraction: float, *, mode: s
       ``sparse_global``) or ``"layerwise"`` (each leaf loses its own fraction; the LTH paper).
     overrides: per-leaf fractions by path regex; in global mode those leaves are pruned
       layerwise at their own fraction and left out of the global ranking.
+    level: L >= 1, the IMP level these masks are for (``masks`` being those of level L - 1).
 
-  Each leaf (or the global pool) keeps exactly ``round((1 - p) * surviving)`` weights.
+  With ``level``, each leaf of n weights (or the global pool of N weights) keeps exactly
+  ``round(n * (1 - p)^L)``: the count comes from the original size, not from the survivors, so
+  the density after level L is (1 - p)^L within half a weight at every level (rounding the
+  survivors at every level would drift by up to half a weight per level). Without ``level``, it
+  keeps ``round((1 - p) * surviving)``. Never more than survive (pruned weights stay pruned);
+  ``round`` rounds half to even.
   """
   if mode not in ("global", "layerwise"):
     raise ValueError(f"mode={mode!r} must be 'global' or 'layerwise'.")
+  if level is not None and level < 1:
+    raise ValueError(f"level={level!r} must be >= 1 (level 0 is the dense network).")
   masks_lib.validate(params, masks)
   fractions = layer_fractions(masks, prune_fraction, overrides)
   leaves = jax.tree_util.tree_leaves_with_path(params)
@@ -99,9 +108,14 @@ def prune_level(params: PyTree, masks: PyTree, prune_fraction: float, *, mode: s
     name = jax.tree_util.keystr(path)
     overridden = overrides and any(re.search(pat, name) for pat in overrides)
     (pool if mode == "global" and not overridden else own).append((i, fractions[name]))
+
+  def kept_count(idx, frac):
+    if level is not None:
+      return round(sum(mask_leaves[i].size for i in idx) * (1.0 - frac) ** level)
+    surviving = sum(jnp.sum(mask_leaves[i], dtype=jnp.int32) for i in idx)
+    return jnp.round((1.0 - frac) * surviving).astype(jnp.int32)
+
   out = list(mask_leaves)
-  kept_count = lambda idx, frac: jnp.round(
-      (1.0 - frac) * sum(jnp.sum(mask_leaves[i], dtype=jnp.int32) for i in idx)).astype(jnp.int32)
   if pool:
     idx = [i for i, _ in pool]
     for i, m in zip(idx, selection.top_k_masks([keys[i] for i in idx],
@@ -218,7 +232,8 @@ def run(train: TrainFn, init_params: PyTree, directory: str, *, levels: int,
     directory: where each finished level is stored (``level_L/``: masks, start and final params,
       metrics); an existing directory is resumed.
     levels: the last level (level 0 is the dense run).
-    prune_fraction, mode, overrides: see :func:`prune_level`.
+    prune_fraction, mode, overrides: see :func:`prune_level`; level L keeps
+      ``round(n * (1 - p)^L)`` of every leaf's (or the global pool's) n weights.
     rewind_step: k, the step whose weights every level starts from.
     prunable: which leaves may be pruned (see :mod:`sparsejax.masks`).
     on_level: called with every level, finished now or loaded from ``directory``.
@@ -255,7 +270,7 @@ def run(train: TrainFn, init_params: PyTree, directory: str, *, levels: int,
       else:
         previous = results[-1]
         masks = prune_level(previous.final_params, previous.masks, prune_fraction, mode=mode,
-                            overrides=overrides)
+                            overrides=overrides, level=level)
         start = rewind(_load_tree(rewind_path, init_params), masks)
       final, metrics, rewind_params = train(start, masks, level=level,
                                             start_step=0 if level == 0 else rewind_step)

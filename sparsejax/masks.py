@@ -29,15 +29,26 @@ import numpy as np
 PyTree = Any
 Prunable = Union[None, str, Callable[[str, Any], bool]]
 
-_NEVER_PRUNED = re.compile(r"(?i)(bias|scale|norm|\bbn|batch_?stat)")
+# Whole words of a key path (delimited by anything but a letter, so `['bn1']`, `['LayerNorm_0']`,
+# `['ln_f']` and `['batch_stats']` match, `['upscale_conv']` and `['enormous']` do not): biases,
+# scales, batch statistics, and normalization layers (BatchNorm, LayerNorm, GroupNorm, RMSNorm,
+# batch_norm, norm1, bn, ln, gn, ...).
+_NEVER_PRUNED = re.compile(
+    r"(?i)(?<![a-z])(bias(es)?|scales?|batch_?stats?|bn|ln|gn|[a-z]*norm(alization)?)(?![a-z])")
 
 
 def check_sparsity(sparsity: Any, name: str = "sparsity") -> None:
-  """Raises ValueError if a concrete sparsity lies outside [0, 1); traced values pass."""
+  """Raises ValueError if a concrete sparsity is not a scalar in [0, 1); traced values pass."""
+  if isinstance(sparsity, jax.core.Tracer):
+    return
+  if np.ndim(sparsity) != 0:
+    raise ValueError(
+        f"{name} must be a scalar, got an array of shape {np.shape(sparsity)}: it is one fraction "
+        "of prunable weights removed (per-layer densities come from sparsejax.distributions).")
   try:
     value = float(sparsity)
-  except (TypeError, jax.errors.ConcretizationTypeError):
-    return
+  except TypeError:
+    raise TypeError(f"{name}={sparsity!r} is not a number.") from None
   if not 0.0 <= value < 1.0:
     raise ValueError(
         f"{name}={value!r} is outside [0, 1): it is the fraction of prunable weights removed, "
@@ -45,7 +56,12 @@ def check_sparsity(sparsity: Any, name: str = "sparsity") -> None:
 
 
 def default_prunable(path: str, leaf: Any) -> bool:
-  """Kernels of rank >= 2 whose path names no bias, scale or normalization layer."""
+  """Kernels of rank >= 2 whose path names no bias, scale or normalization layer.
+
+  Names are matched as whole words of the path, case-insensitively: ``bias``, ``scale``,
+  ``batch_stats``, ``bn``, ``ln``, ``gn`` and any word ending in ``norm`` (``LayerNorm_0``,
+  ``batch_norm``, ``norm1``, ``rmsnorm``), so ``['upscale_conv']['kernel']`` is prunable.
+  """
   return np.ndim(leaf) >= 2 and _NEVER_PRUNED.search(path) is None
 
 
@@ -113,39 +129,75 @@ def is_prunable_mask(mask_leaf: Any) -> bool:
   return np.ndim(mask_leaf) > 0
 
 
+def _check_structure(reference: PyTree, tree: PyTree, ref_name: str, name: str,
+                     hint: str) -> list[tuple[str, Any, Any]]:
+  """(path, reference leaf, tree leaf) triples, or a ValueError at the first path that differs."""
+  r_leaves, r_def = jax.tree_util.tree_flatten_with_path(reference)
+  t_leaves, t_def = jax.tree_util.tree_flatten_with_path(tree)
+  r_paths = [jax.tree_util.keystr(p) for p, _ in r_leaves]
+  t_paths = [jax.tree_util.keystr(p) for p, _ in t_leaves]
+  if r_def != t_def:
+    for i, (rp, tp) in enumerate(zip(r_paths, t_paths)):
+      if rp != tp:
+        raise ValueError(
+            f"{name} do not match {ref_name}: leaf {i} is at path {tp} in the {name} but {rp} in "
+            f"the {ref_name}. {hint}")
+    if len(r_paths) == len(t_paths):
+      raise ValueError(
+          f"{name} do not match {ref_name}: the leaf paths agree but the containers differ "
+          f"({ref_name} {r_def}, {name} {t_def}). {hint}")
+    extra = r_paths[len(t_paths):] or t_paths[len(r_paths):]
+    where = ref_name if len(r_paths) > len(t_paths) else name
+    raise ValueError(
+        f"{name} do not match {ref_name}: {extra[0]} is only in the {where} "
+        f"({len(r_paths)} leaves in the {ref_name}, {len(t_paths)} in the {name}).")
+  return [(path, r, t) for path, (_, r), (_, t) in zip(t_paths, r_leaves, t_leaves)]
+
+
+def _check_bool(path: str, mask_leaf: Any) -> None:
+  if jnp.result_type(mask_leaf) != jnp.bool_:
+    raise ValueError(f"mask at {path} has dtype {jnp.result_type(mask_leaf)}; masks must be bool.")
+
+
 def validate(params: PyTree, masks: PyTree) -> None:
   """Raises a ValueError naming the first path where ``masks`` does not fit ``params``."""
-  p_leaves, p_def = jax.tree_util.tree_flatten_with_path(params)
-  m_leaves, m_def = jax.tree_util.tree_flatten_with_path(masks)
-  p_paths = [jax.tree_util.keystr(p) for p, _ in p_leaves]
-  m_paths = [jax.tree_util.keystr(p) for p, _ in m_leaves]
-  if p_def != m_def:
-    for i, (pp, mp) in enumerate(zip(p_paths, m_paths)):
-      if pp != mp:
-        raise ValueError(
-            f"masks do not match params: leaf {i} is at path {mp} in the masks but {pp} in the "
-            "params. A mask must have exactly the params' tree structure (masks.ones_like).")
-    if len(p_paths) == len(m_paths):
-      raise ValueError(
-          f"masks do not match params: the leaf paths agree but the containers differ "
-          f"(params {p_def}, masks {m_def}). Build masks with masks.ones_like(params).")
-    extra = p_paths[len(m_paths):] or m_paths[len(p_paths):]
-    where = "params" if len(p_paths) > len(m_paths) else "masks"
-    raise ValueError(
-        f"masks do not match params: {extra[0]} is only in the {where} "
-        f"({len(p_paths)} param leaves, {len(m_paths)} mask leaves).")
-  for path, (_, p), (_, m) in zip(p_paths, p_leaves, m_leaves):
+  leaves = _check_structure(
+      params, masks, "params", "masks",
+      "A mask must have exactly the params' tree structure (masks.ones_like).")
+  for path, p, m in leaves:
     m_shape, p_shape = jnp.shape(m), jnp.shape(p)
     if m_shape not in ((), p_shape):
       raise ValueError(
           f"mask at {path} has shape {m_shape}, but the param has shape {p_shape}: a mask leaf "
           "must have the param's shape, or be a scalar True for a leaf that is never pruned.")
-    if jnp.result_type(m) != jnp.bool_:
-      raise ValueError(f"mask at {path} has dtype {jnp.result_type(m)}; masks must be bool.")
+    _check_bool(path, m)
+
+
+def validate_replacement(old: PyTree, new: PyTree) -> None:
+  """Raises a ValueError naming the first path where masks ``new`` cannot replace ``old``.
+
+  They must have the same tree structure and leaf shapes (so a jitted step compiled for ``old``
+  is reused), and bool leaves.
+  """
+  leaves = _check_structure(old, new, "old masks", "new masks",
+                            "Derive the new masks from the old ones (e.g. sparsejax.pruning).")
+  for path, o, n in leaves:
+    if jnp.shape(n) != jnp.shape(o):
+      raise ValueError(
+          f"the new mask at {path} has shape {jnp.shape(n)}, but the mask it replaces has shape "
+          f"{jnp.shape(o)}: a leaf cannot change shape, nor between prunable (an array of the "
+          "param's shape) and never pruned (a scalar True).")
+    _check_bool(path, n)
 
 
 def apply(params: PyTree, masks: PyTree) -> PyTree:
-  """Params with every pruned weight set to exactly 0.0 (NaN and inf included)."""
+  """Params with every pruned weight set to exactly 0.0 (NaN and inf included).
+
+  Raises:
+    ValueError: naming the first path where ``masks`` does not fit ``params`` (:func:`validate`;
+      shapes are static, so the check costs nothing inside ``jit``).
+  """
+  validate(params, masks)
   return jax.tree.map(
       lambda p, m: jnp.where(m, p, jnp.zeros((), jnp.result_type(p))) if is_prunable_mask(m) else p,
       params, masks)

@@ -15,16 +15,26 @@ recomputed at that step. Both accept Python ints and traced int arrays.
 from __future__ import annotations
 
 import dataclasses
+import numbers
+import operator
 
 import jax.numpy as jnp
 
 from sparsejax.masks import check_sparsity
 
 
-def _check_step(name: str, value) -> int:
-  if not isinstance(value, (int,)) or isinstance(value, bool) or value < 0:
-    raise ValueError(f"{name}={value!r} must be a non-negative integer step.")
+def _check_int(name: str, value, minimum: int, requirement: str) -> int:
+  """``value`` as a Python int: any ``numbers.Integral`` (``np.int64`` too) but bool."""
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    raise ValueError(f"{name}={value!r} must be {requirement}.")
+  value = operator.index(value)
+  if value < minimum:
+    raise ValueError(f"{name}={value!r} must be {requirement}.")
   return value
+
+
+def _check_step(name: str, value) -> int:
+  return _check_int(name, value, 0, "a non-negative integer step")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,12 +77,11 @@ def polynomial(final_sparsity: float, begin_step: int, end_step: int, frequency:
   """
   check_sparsity(final_sparsity, "final_sparsity")
   check_sparsity(initial_sparsity, "initial_sparsity")
-  _check_step("begin_step", begin_step)
-  _check_step("end_step", end_step)
+  begin_step = _check_step("begin_step", begin_step)
+  end_step = _check_step("end_step", end_step)
   if end_step <= begin_step:
     raise ValueError(f"end_step={end_step} must be greater than begin_step={begin_step}.")
-  if not isinstance(frequency, int) or frequency <= 0:
-    raise ValueError(f"frequency={frequency!r} must be a positive integer number of steps.")
+  frequency = _check_int("frequency", frequency, 1, "a positive integer number of steps")
   if power <= 0:
     raise ValueError(f"power={power!r} must be positive (Zhu & Gupta use 3).")
   return Polynomial(float(final_sparsity), begin_step, end_step, frequency,

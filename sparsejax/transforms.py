@@ -128,10 +128,23 @@ def scheduled_pruning(inner: optax.GradientTransformation, schedule, score_fn: S
       (:mod:`sparsejax.schedules`).
     score_fn: ``(params, grads) -> scores`` pytree; higher is kept.
     distribution: how the sparsity is split over layers.
-    prunable: the rule for prunable leaves (:mod:`sparsejax.masks`), when ``initial_masks`` is None.
+    prunable: the rule for prunable leaves (:mod:`sparsejax.masks`); only without
+      ``initial_masks``, which say by themselves which leaves are prunable.
     initial_masks: masks to start from (default: keep everything).
     revive: whether an update may bring back weights pruned earlier.
+
+  Under ``jax.vmap`` with a batched step counter (e.g. ``jax.vmap(opt.init)`` then a vmapped
+  step) ``lax.cond`` becomes a select that computes the mask update at every step: the result is
+  the same but slower; vmap the whole training loop, ``init`` included, so the counter stays
+  unbatched and the update runs only on the schedule's steps.
+
+  Raises:
+    ValueError: if both ``prunable`` and ``initial_masks`` are given.
   """
+  if prunable is not None and initial_masks is not None:
+    raise ValueError(
+        "scheduled_pruning got both prunable and initial_masks: the masks already say which "
+        "leaves are prunable (a bool array) and which are not (a scalar True); pass one of them.")
   inner = optax.with_extra_args_support(inner)
   if distribution != "global":
     distributions.get(distribution)  # fails early on an unknown name
@@ -197,8 +210,18 @@ def get_masks(opt_state: optax.OptState) -> PyTree:
 
 
 def set_masks(opt_state: optax.OptState, masks: PyTree) -> optax.OptState:
-  """``opt_state`` with its masks replaced (same structure, so a jitted step is reused)."""
-  get_masks(opt_state)
+  """``opt_state`` with its masks replaced (same structure, so a jitted step is reused).
+
+  The inner optimizer's entries of the weights the new masks prune (momentum, Adam moments) are
+  zeroed, so pruned weights leave nothing in the state, as after a mask update during training.
+
+  Raises:
+    ValueError: naming the first path where ``masks`` differ from the masks held in
+      ``opt_state`` in tree structure, shape or dtype.
+  """
+  masks_lib.validate_replacement(get_masks(opt_state), masks)
   is_mask_state = lambda x: isinstance(x, _MASK_STATES)
-  return jax.tree.map(lambda x: x._replace(masks=masks) if is_mask_state(x) else x, opt_state,
+  replace = lambda x: x._replace(masks=masks,
+                                 inner_state=_zero_pruned_state(x.inner_state, masks))
+  return jax.tree.map(lambda x: replace(x) if is_mask_state(x) else x, opt_state,
                       is_leaf=is_mask_state)

@@ -8,7 +8,7 @@ import ml_collections
 import pytest
 
 from experiments import config as config_lib
-from experiments import models
+from experiments import methods, models
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 CONFIG_FILES = sorted(p for p in CONFIG_DIR.glob("*.py") if p.name != "__init__.py")
@@ -185,3 +185,34 @@ def test_parse_duration(value, steps_per_epoch, total, expected):
 def test_parse_duration_rejects(value, total):
   with pytest.raises(config_lib.ConfigError, match="my_key"):
     config_lib.parse_duration(value, 469, "my_key", total=total)
+
+
+@pytest.mark.parametrize("key,value", [("prune_exclude", "("), ("prune_exclude", "a[b"),
+                                       ("prune_fraction_overrides", "(=0.1"),
+                                       ("prune_fraction_overrides", "output=0.1,conv[=0.2")])
+def test_bad_regex_names_the_key(key, value):
+  config = config_lib.defaults()
+  config[key] = value
+  with pytest.raises(config_lib.ConfigError, match=rf"^{key}: .* is not a regular expression"):
+    config_lib.finalize(config)
+
+
+def test_valid_regexes_pass():
+  config = config_lib.defaults()
+  config.prune_exclude = r"output|conv\d"
+  config.prune_fraction_overrides = r"output=0.1,conv[12]=0.05"
+  config_lib.finalize(config)
+  assert config_lib.parse_overrides(config.prune_fraction_overrides) == {
+      "output": 0.1, "conv[12]": 0.05}
+
+
+def test_method_names_come_from_the_methods_registry(monkeypatch):
+  config = config_lib.defaults()
+  config.method = "bogus"
+  with pytest.raises(config_lib.ConfigError, match="method='bogus'") as error:
+    config_lib.validate(config)
+  for name in (*methods.METHODS, "imp"):
+    assert repr(name) in str(error.value)
+  # Registering a method is all it takes for the config to accept its name.
+  monkeypatch.setitem(methods.METHODS, "bogus", methods.dense)
+  config_lib.validate(config)

@@ -154,6 +154,29 @@ def test_monotone_path_has_no_barrier():
   assert out.barrier == pytest.approx(0.1, abs=1e-6)
 
 
+def _normalized_error(network):
+  """The error of a network with BatchNorm-like statistics: a (params, state) pair."""
+  params, state = network
+  pre = _X @ params["dense1"]["kernel"]
+  h = jnp.tanh((pre - state["mean"]) / jnp.sqrt(state["var"]) + params["dense1"]["bias"])
+  logits = h @ params["output"]["kernel"] + params["output"]["bias"]
+  return 1.0 - jnp.mean(jnp.argmax(logits, -1) == _LABELS)
+
+
+def test_barrier_over_params_and_state_pairs():
+  """Statistics travel with the params: each end is exactly one network, the middle their mean."""
+  a = (make_params(1), {"mean": jnp.zeros(32), "var": jnp.ones(32)})
+  b = (make_params(2), {"mean": jnp.full(32, 3.0), "var": jnp.full(32, 25.0)})
+  chex.assert_trees_all_equal(connectivity.interpolate(a, b, jnp.float32(0.0)), a)
+  chex.assert_trees_all_equal(connectivity.interpolate(a, b, jnp.float32(1.0)), b)
+  middle = connectivity.interpolate(a, b, jnp.float32(0.5))
+  chex.assert_trees_all_equal(middle[1], {"mean": jnp.full(32, 1.5), "var": jnp.full(32, 13.0)})
+  out = connectivity.error_barrier(_normalized_error, a, b, num_alphas=3)
+  assert out.errors == [float(_normalized_error(n)) for n in (a, middle, b)]
+  # With a's statistics at the far end the network would be another one.
+  assert float(_normalized_error((b[0], a[1]))) != out.errors[-1]
+
+
 @pytest.mark.parametrize("n", [1, 0, -3])
 def test_too_few_alphas_raise(n):
   with pytest.raises(ValueError, match="num_alphas"):

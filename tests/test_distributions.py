@@ -46,10 +46,6 @@ def assert_non_prunable_dense(d):
   assert float(d["bn"]["scale"]) == 1.0 and float(d["bn"]["bias"]) == 1.0
 
 
-def test_n_total():
-  assert sum(N.values()) == N_TOTAL
-
-
 @pytest.mark.parametrize("s", [0.0, 0.3, 0.9, 0.999])
 def test_uniform(s):
   d = distributions.uniform(net(), s)

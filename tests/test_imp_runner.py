@@ -2,8 +2,9 @@
 
 Real IMP runs of LeNet-300-100 on scikit-learn's 8x8 digits (120 iterations per level): the files
 a run leaves and its summary and report, the density of every level, rewinding to theta_k * mask,
-the controls, the learning-rate schedule after rewinding, a single compilation of the training
-step, bitwise resume after SIGKILL, instability, and configuration errors.
+the controls, the learning-rate schedule after rewinding, a fresh or a rewound optimizer
+(``reset_optimizer``), a single compilation of the training step, bitwise resume after SIGKILL,
+instability (with BatchNorm on ResNet-20), and configuration errors.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import jax
@@ -25,9 +27,9 @@ import orbax.checkpoint as ocp
 import pytest
 
 from experiments import config as config_lib
-from experiments import data as data_lib
 from experiments import experiment, imp, models, trainer
 from sparsejax import connectivity, transforms
+from sparsejax import masks as masks_lib
 from workdir_files import checkpoint_steps, read_json, read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,23 +97,46 @@ def find_states(tree, cls):
   return [x for x in jax.tree.leaves(tree, is_leaf=is_cls) if is_cls(x)]
 
 
-def iterated_kept(n, fraction, levels):
-  """round((1 - p) * surviving) applied ``levels`` times, in the float32 arithmetic of IMP."""
-  out = [n]
-  for _ in range(levels):
-    out.append(int(np.round(np.float32(1.0 - fraction) * np.float32(out[-1]))))
-  return out
+def off_by(kept, n, fraction, level):
+  """|kept - n (1 - p)^L|, exactly."""
+  return float(abs(kept - n * (1 - Fraction(fraction)) ** level))
+
+
+HALF = 0.5 + 1e-9  # round() is within half a weight (the float (1 - p)^L aside)
+
+
+def snapshot(state):
+  return jax.tree.map(np.asarray, {k: state[k] for k in ("step", "params", "model_state",
+                                                         "opt_state", "data_key")})
+
+
+def record_trainings(mp, workdir):
+  """Records, by directory relative to ``workdir``, the state every training starts from and
+  ends with (``starts``, ``finals``), its replicate (``replicates``), and each replicate's
+  rewound state at step k (``rewound``, by replicate directory)."""
+  record = {"starts": {}, "finals": {}, "replicates": {}, "rewound": {}}
+  replicate_train, rewind_state = imp.Replicate.train, imp.Replicate.rewind_state
+
+  def recording_train(self, state, directory, label):
+    rel = os.path.relpath(directory, workdir)
+    assert rel not in record["starts"], f"{rel} trained twice"
+    record["starts"][rel] = snapshot(state)
+    final, summary = replicate_train(self, state, directory, label)
+    record["finals"][rel], record["replicates"][rel] = final, self
+    return final, summary
+
+  def recording_rewind_state(self):
+    rewound = rewind_state(self)
+    record["rewound"][os.path.relpath(self.directory, workdir)] = snapshot(rewound)
+    return rewound
+
+  mp.setattr(imp.Replicate, "train", recording_train)
+  mp.setattr(imp.Replicate, "rewind_state", recording_rewind_state)
+  return record
 
 
 # ---------------------------------------------------------------------------------------------
 # Shared runs.
-
-
-@pytest.fixture(scope="module")
-def digits():
-  data = data_lib.load("digits")
-  assert tuple(data.input_shape) == DIGITS_SHAPE and data.num_classes == 10
-  return data
 
 
 @pytest.fixture(scope="module")
@@ -124,28 +149,37 @@ def run_a(tmp_path_factory):
   config = imp_config(rewind="40it", distribution="global", controls=CONTROLS,
                       instability=True, instability_alphas=5, optimizer="momentum",
                       learning_rate=0.05, lr_schedule="step", lr_milestones=("60it",))
-  train_fns, starts = [], {}
+  train_fns = []
   make_train_steps = trainer.make_train_steps
-  replicate_train = imp.Replicate.train
 
   def counting_make_train_steps(*args, **kwargs):
     fn = make_train_steps(*args, **kwargs)
     train_fns.append(fn)
     return fn
 
-  def recording_train(self, state, directory, label):
-    rel = os.path.relpath(directory, workdir)
-    assert rel not in starts, f"{rel} trained twice"
-    starts[rel] = jax.tree.map(np.asarray, {k: state[k] for k in ("step", "params",
-                                                                  "opt_state", "data_key")})
-    return replicate_train(self, state, directory, label)
-
   with pytest.MonkeyPatch.context() as mp:
     mp.setattr(trainer, "make_train_steps", counting_make_train_steps)
-    mp.setattr(imp.Replicate, "train", recording_train)
+    record = record_trainings(mp, workdir)
     summary = experiment.run(config, str(workdir))
   return {"workdir": workdir, "summary": summary, "config": config, "train_fns": train_fns,
-          "starts": starts}
+          "starts": record["starts"]}
+
+
+@pytest.fixture(scope="module")
+def run_c(tmp_path_factory):
+  """The dense run's optimizer state rewound (reset_optimizer=False), Adam, k=40, every control;
+  instability with both copies on the replicate's own data order (identical trainings)."""
+  workdir = tmp_path_factory.mktemp("imp_c") / "run"
+  config = imp_config(levels=1, rewind="40it", optimizer="adam", learning_rate=1e-3,
+                      reset_optimizer=False, controls=CONTROLS, instability=True,
+                      instability_alphas=7)
+  init_state = trainer.init_state
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(trainer, "init_state", lambda params, model_state, optimizer, seed, data_seed=None:
+               init_state(params, model_state, optimizer, seed))
+    record = record_trainings(mp, workdir)
+    summary = experiment.run(config, str(workdir))
+  return {"workdir": workdir, "summary": summary, "config": config, **record}
 
 
 @pytest.fixture(scope="module")
@@ -232,6 +266,22 @@ def test_layout_summary_and_report(name, request):
         assert (c / "masks.npz").is_file() and (c / "metrics.jsonl").is_file()
 
 
+def test_sparsity_report_is_replaced_atomically(run_c, monkeypatch):
+  """A resumed run rewrites every level's report: a failure leaves the old one, not a truncated one."""
+  path = run_c["workdir"] / "replicate_0" / "level_0" / "sparsity_report.txt"
+  before = path.read_text()
+  assert "dense1" in before
+
+  def failing(*args, **kwargs):
+    raise RuntimeError("killed while writing the report")
+
+  monkeypatch.setattr(masks_lib, "summary_table", failing)
+  with pytest.raises(RuntimeError, match="killed"):
+    experiment.run(run_c["config"], str(run_c["workdir"]))
+  assert path.read_text() == before
+  assert not list(path.parent.glob("*.tmp"))
+
+
 # ---------------------------------------------------------------------------------------------
 # 2. Densities (1 - p)^L.
 
@@ -239,15 +289,13 @@ def test_layout_summary_and_report(name, request):
 def test_global_density_after_each_level(run_a):
   workdir, config = run_a["workdir"], run_a["config"]
   total = sum(SIZES.values())
-  expected = iterated_kept(total, config.prune_fraction, config.levels)
   previous = None
   for level, row in enumerate(run_a["summary"]["levels"]):
     masks = load_leaves(workdir / "replicate_0" / f"level_{level}" / "masks.npz")
     counts = kept_counts(masks)
     assert sorted(counts) == sorted(PRUNABLE)
     kept = sum(counts.values())
-    assert kept == expected[level]
-    assert abs(kept - (1 - config.prune_fraction) ** level * total) <= len(PRUNABLE)
+    assert off_by(kept, total, config.prune_fraction, level) <= HALF, level
     assert row["density"] == kept / total
     if previous is not None:  # pruned weights stay pruned
       for m, p in zip(masks, previous):
@@ -266,11 +314,9 @@ def test_layerwise_density_with_output_override(run_b):
       masks = load_leaves(rep / f"level_{level}" / "masks.npz")
       counts = kept_counts(masks)
       for path in PRUNABLE:
-        want = iterated_kept(SIZES[path], fractions[path], level)[-1]
-        assert counts[path] == want, (r, level, path)
-        assert abs(counts[path] - (1 - fractions[path]) ** level * SIZES[path]) <= 1
+        assert off_by(counts[path], SIZES[path], fractions[path], level) <= HALF, (r, level, path)
       # The output layer loses 10% per level: 1000, 900, 810, 729.
-      assert counts["['output']['kernel']"] == round(1000 * 0.9 ** level)
+      assert counts["['output']['kernel']"] == [1000, 900, 810, 729][level]
       assert run_b["summary"]["levels"][level]["density"] == sum(counts.values()) / total
       if level == 0:
         continue
@@ -389,12 +435,14 @@ def test_controls_keep_densities(run_a):
       np.testing.assert_array_equal(reinit[p], ticket_named[p])
 
     # Starts: the shuffles from theta_k * their mask, reinit from fresh weights * the ticket's
-    # mask; all from step k with the schedule at k.
+    # mask; all from step k with the schedule at k and, as the ticket, a fresh optimizer.
     for name in CONTROLS:
       state = run_a["starts"][f"replicate_0/level_{level}/controls/{name}"]
       assert int(state["step"]) == 40, name
       assert [int(s.count) for s in find_states(state["opt_state"],
                                                 optax.ScaleByScheduleState)] == [40]
+      (trace,) = find_states(state["opt_state"], optax.TraceState)
+      assert all(not np.any(x) for x in jax.tree.leaves(trace.trace)), name
       params = jax.tree.leaves(state["params"])
       state_masks = jax.tree.leaves(transforms.get_masks(state["opt_state"]))
       for i, (w, m, t) in enumerate(zip(params, state_masks, theta_k)):
@@ -586,17 +634,20 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
 # 8. Instability.
 
 
-def test_error_barrier_of_identical_copies_is_zero(run_a, digits):
-  config = run_a["config"]
-  task, _, model_state = experiment.build_task(config, digits)
-  evaluate = trainer.make_evaluate(task)
-  final = load_leaves(run_a["workdir"] / "replicate_0" / "level_1" / "final_params.npz")
-  params = jax.tree.unflatten(jax.tree.structure(init_params(0)), [jnp.asarray(x) for x in final])
-  error = lambda p: 1.0 - float(evaluate(p, model_state)[1])
-  barrier = connectivity.error_barrier(error, params, params, 7)
-  assert barrier.barrier == 0.0 and barrier.stable is True
-  assert len(barrier.alphas) == len(barrier.errors) == 7
-  assert len(set(barrier.errors)) == 1 and 0.0 <= barrier.errors[0] < 0.5
+def test_instability_of_identical_trainings_is_zero(run_c):
+  """Both copies on the same data order train identically: the runner's barrier is exactly 0."""
+  workdir, config = run_c["workdir"], run_c["config"]
+  for row in run_c["summary"]["levels"]:
+    level = row["level"]
+    copies = [run_c["finals"][f"replicate_0/level_{level}/instability/copy_{c}"] for c in (1, 2)]
+    for a, b in zip(jax.tree.leaves(copies[0]["params"]), jax.tree.leaves(copies[1]["params"])):
+      np.testing.assert_array_equal(a, b)
+    saved = read_json(workdir / "replicate_0" / f"level_{level}" / "instability" / "barrier.json")
+    assert len(saved["errors"]) == config.instability_alphas
+    assert len(set(saved["errors"])) == 1, saved["errors"]
+    assert 0.0 < saved["errors"][0] < 0.5
+    assert saved["barrier"] == 0.0 and saved["stable"] is True
+    assert row["instability"]["barrier"] == 0.0
 
 
 def test_runner_instability_entries(run_a):
@@ -611,7 +662,6 @@ def test_runner_instability_entries(run_a):
     assert len(saved["alphas"]) == len(errors) == config.instability_alphas
     assert saved["alphas"][0] == 0.0 and saved["alphas"][-1] == 1.0
     assert inst["barrier"] == pytest.approx(max(errors) - 0.5 * (errors[0] + errors[-1]))
-    assert inst["barrier"] >= 0.0
     assert inst["stable"] == (inst["barrier"] < connectivity.STABLE_BARRIER)
     # The endpoints are the two copies, trained with different data orders.
     copies = [read_json(d / f"copy_{c}" / "summary.json") for c in (1, 2)]
@@ -626,6 +676,87 @@ def test_runner_instability_entries(run_a):
     losses = [read_metrics(d / f"copy_{c}" / "metrics.jsonl")[1]["train_loss"] for c in (1, 2)]
     assert losses[0] != losses[1]
   assert "instability barrier" in (workdir / "report.md").read_text()
+
+
+def test_instability_interpolates_batchnorm_statistics(tmp_path):
+  """With BatchNorm (ResNet-20), each end of the path is exactly one copy's trained network.
+
+  Params and running statistics are interpolated together: the endpoints' errors are 1 - the
+  copies' test accuracies, and the midpoint is the network of averaged params and statistics.
+  """
+  workdir = tmp_path / "run"
+  config = imp_config(model="resnet20", batch_size=32, steps="30it", eval_every="30it",
+                      log_every="30it", checkpoint_every="30it", levels=0, rewind="10it",
+                      optimizer="momentum", learning_rate=0.05, instability=True,
+                      instability_alphas=3)
+  with pytest.MonkeyPatch.context() as mp:
+    record = record_trainings(mp, workdir)
+    summary = experiment.run(config, str(workdir))
+  d = workdir / "replicate_0" / "level_0" / "instability"
+  saved = read_json(d / "barrier.json")
+  assert saved["alphas"] == [0.0, 0.5, 1.0]
+  accuracies = [read_json(d / f"copy_{c}" / "summary.json")["test_accuracy"] for c in (1, 2)]
+  assert saved["errors"][0] == 1.0 - accuracies[0]
+  assert saved["errors"][-1] == 1.0 - accuracies[1]
+  finals = [record["finals"][f"replicate_0/level_0/instability/copy_{c}"] for c in (1, 2)]
+  networks = [(f["params"], f["model_state"]) for f in finals]
+  evaluate = record["replicates"]["replicate_0/level_0/instability/copy_1"].evaluate
+  middle = connectivity.interpolate(*networks, jnp.float32(0.5))
+  assert saved["errors"][1] == 1.0 - float(evaluate(*middle)[1])
+  # The copies' statistics differ, and matter: copy 2's params with copy 1's statistics are
+  # another network, with another error.
+  stats = [jax.tree.leaves(n[1]) for n in networks]
+  assert len(stats[0]) > 0 and any(not np.array_equal(a, b) for a, b in zip(*stats))
+  assert 1.0 - float(evaluate(networks[1][0], networks[0][1])[1]) != saved["errors"][-1]
+  errors = saved["errors"]
+  assert summary["levels"][0]["instability"]["barrier"] == pytest.approx(
+      max(errors) - 0.5 * (errors[0] + errors[-1]))
+
+
+def assert_rewound_optimizer(start, rewound, step):
+  """``start`` holds the dense run's optimizer state at k with its masks' pruned entries zeroed."""
+  masks = jax.tree.leaves(transforms.get_masks(start["opt_state"]))
+  assert int(start["step"]) == step
+  (adam,), (dense_adam,) = (find_states(s["opt_state"], optax.ScaleByAdamState)
+                            for s in (start, rewound))
+  assert int(adam.count) == int(dense_adam.count) == step
+  assert [int(s.count) for s in find_states(start["opt_state"],
+                                            optax.ScaleByScheduleState)] == [step]
+  for moments, dense in ((adam.mu, dense_adam.mu), (adam.nu, dense_adam.nu)):
+    for i, (x, m, r) in enumerate(zip(jax.tree.leaves(moments), masks, jax.tree.leaves(dense))):
+      if np.ndim(m) == 0:  # never pruned: as rewound
+        np.testing.assert_array_equal(x, r, err_msg=PATHS[i])
+        continue
+      assert np.all(x[~m] == 0.0) and not np.signbit(x[~m]).any(), PATHS[i]
+      np.testing.assert_array_equal(x[m], r[m], err_msg=PATHS[i])
+
+
+def test_rewound_optimizer_zeroes_pruned_moments(run_c):
+  """reset_optimizer=False: the ticket, its controls and the instability copies start from the
+  dense run's optimizer state at k (step count k), with no moment left at a pruned weight."""
+  starts, config = run_c["starts"], run_c["config"]
+  rewound = run_c["rewound"]["replicate_0"]
+  assert int(rewound["step"]) == 40
+  level_1 = ["main"] + [f"controls/{name}" for name in CONTROLS] + [
+      f"instability/copy_{c}" for c in (1, 2)]
+  for name in level_1:
+    start = starts[f"replicate_0/level_1/{name}"]
+    assert_rewound_optimizer(start, rewound, 40)
+    masks = jax.tree.leaves(transforms.get_masks(start["opt_state"]))
+    assert any(np.ndim(m) and not m.all() for m in masks), name
+  # The dense moments at the now-pruned weights were not zero: zeroing them did something.
+  (dense_adam,) = find_states(rewound["opt_state"], optax.ScaleByAdamState)
+  ticket = jax.tree.leaves(transforms.get_masks(starts["replicate_0/level_1/main"]["opt_state"]))
+  assert all(np.any(x[~m] != 0.0) for x, m in zip(jax.tree.leaves(dense_adam.nu), ticket)
+             if np.ndim(m))
+  # At level 0 the copies continue the dense run: its whole optimizer state, nothing pruned.
+  for c in (1, 2):
+    assert_rewound_optimizer(starts[f"replicate_0/level_0/instability/copy_{c}"], rewound, 40)
+  assert config.reset_optimizer is False
+  for row in run_c["summary"]["levels"]:
+    assert 0.5 < row["test_accuracy"] <= 1.0
+    for control in row["controls"].values():
+      assert control["density"] == row["density"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -64,6 +64,37 @@ def test_default_never_prunes_rank2_norm_leaves():
   assert masks.prunable_paths(params) == ["['fc']['kernel']"]
 
 
+def test_default_matches_whole_words_of_the_path():
+  w = jnp.ones((4, 4))
+  excluded = {
+      "LayerNorm_0": {"weight": w}, "BatchNorm_1": {"kernel": w}, "GroupNorm_0": {"w": w},
+      "RMSNorm_0": {"w": w}, "norm1": {"w": w}, "batch_norm": {"w": w}, "bn": {"w": w},
+      "bn1": {"w": w}, "ln_f": {"w": w}, "batch_stats": {"x": w}, "fc_bias": {"w": w},
+      "mlp/~/layer_norm": {"w": w}, "conv": {"bias": w, "scale": w},
+  }
+  kept = {"upscale_conv": {"kernel": w}, "enormous": {"kernel": w}, "biased": {"kernel": w},
+          "denormalize": {"kernel": w}, "fc": {"kernel": w}}
+  assert set(masks.prunable_paths({**excluded, **kept})) == {
+      "['upscale_conv']['kernel']", "['enormous']['kernel']", "['biased']['kernel']",
+      "['denormalize']['kernel']", "['fc']['kernel']"}
+
+
+class _Named(nnx.Module):
+  """Layers named with words that contain excluded names; norm layers, one with a 2-D param."""
+
+  def __init__(self, rngs):
+    self.upscale_conv = nnx.Linear(4, 4, rngs=rngs)
+    self.enormous = nnx.Linear(4, 4, rngs=rngs)
+    self.rms_norm = nnx.Dict(w=nnx.Param(jnp.ones((4, 4))))
+    self.norm1 = nnx.LayerNorm(4, rngs=rngs)
+
+
+def test_default_matches_whole_words_of_nnx_paths():
+  state = nnx.state(_Named(nnx.Rngs(0)), nnx.Param)
+  assert set(masks.prunable_paths(state)) == {
+      "['upscale_conv']['kernel'].value", "['enormous']['kernel'].value"}
+
+
 def test_regex_override_selects_rank_ge1_leaves_matching_path():
   params = small_params()
   m = masks.ones_like(params, r"dense")
@@ -152,6 +183,19 @@ class ApplyTest(chex.TestCase):
     chex.assert_trees_all_equal(out["dense"]["bias"], params["dense"]["bias"])
 
   @chex.variants(with_jit=True, without_jit=True)
+  def test_apply_rejects_masks_that_do_not_fit(self):
+    params = small_params()
+    m = masks.ones_like(params)
+    m["dense"]["kernel"] = jnp.ones((1, 10), bool)  # would broadcast over the (32, 10) kernel.
+    with pytest.raises(ValueError, match=re.escape("['dense']['kernel']")) as err:
+      self.variant(masks.apply)(params, m)
+    assert "(1, 10)" in str(err.value) and "(32, 10)" in str(err.value)
+    m = masks.ones_like(params)
+    del m["bn"]
+    with pytest.raises(ValueError, match=re.escape("['bn']")):
+      self.variant(masks.apply)(params, m)
+
+  @chex.variants(with_jit=True, without_jit=True)
   def test_count_density_sparsity_exact(self):
     params = small_params()
     m = partial_masks(params)
@@ -234,6 +278,22 @@ def test_validate_non_bool_names_path():
     masks.sparsity(params, m)
 
 
+def test_validate_replacement_requires_same_structure_and_shapes():
+  params = small_params()
+  masks.validate_replacement(masks.ones_like(params), partial_masks(params))
+  for path, leaf in [("conv1", "bias"), ("dense", "kernel")]:
+    new = masks.ones_like(params)
+    # A scalar True fits the params, but cannot replace a prunable mask (and vice versa).
+    new[path][leaf] = (jnp.array(True) if leaf == "kernel"
+                       else jnp.ones(params[path][leaf].shape, bool))
+    with pytest.raises(ValueError, match=re.escape(f"['{path}']['{leaf}']")):
+      masks.validate_replacement(masks.ones_like(params), new)
+  new = masks.ones_like(params)
+  del new["dense"]
+  with pytest.raises(ValueError, match=re.escape("['dense']['bias']")):
+    masks.validate_replacement(masks.ones_like(params), new)
+
+
 # ---------------------------------------------------------------- summaries
 
 
@@ -282,12 +342,25 @@ def test_check_sparsity_nan_rejected():
 
 
 def test_check_sparsity_traced_passes():
-  @jax.jit
   def f(s):
     masks.check_sparsity(s)
     return s * 2
 
-  assert float(f(1.5)) == 3.0  # a traced value cannot be checked, so it passes.
+  assert float(jax.jit(f)(1.5)) == 3.0  # a traced value cannot be checked, so it passes.
+  np.testing.assert_array_equal(jax.vmap(f)(jnp.array([0.5, 1.5])), [1.0, 3.0])
+
+
+@pytest.mark.parametrize("value", [np.array([0.5, 0.9]), jnp.full((3,), 0.5), [0.5],
+                                   np.array([0.5])])
+def test_check_sparsity_rejects_non_scalar(value):
+  with pytest.raises(ValueError, match="target must be a scalar") as err:
+    masks.check_sparsity(value, "target")
+  assert str(np.shape(value)) in str(err.value)
+
+
+def test_check_sparsity_rejects_non_number():
+  with pytest.raises(TypeError, match="sparsity=None"):
+    masks.check_sparsity(None)
 
 
 # ---------------------------------------------------------------- Flax linen and NNX

@@ -7,7 +7,8 @@ import os
 import pytest
 import tensorflow_datasets as tfds
 
-from experiments import experiment
+from experiments import config as config_lib
+from experiments import experiment, trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -19,18 +20,28 @@ def load_config(name):
   return module.get_config()
 
 
+STEPS = 6
+
+
 def shorten(config, **extra):
-  config.steps, config.batch_size = "6it", 8
+  """``STEPS`` steps of batch 8; LR milestones stay at the same fractions of training."""
+  # Any steps per epoch gives the fractions of durations written in one unit.
+  total = config_lib.parse_duration(config.steps, 1000, "steps")
+  config.lr_milestones = tuple(
+      f"{round(STEPS * config_lib.parse_duration(m, 1000, 'lr_milestones') / total)}it"
+      for m in config.lr_milestones)
+  config.steps, config.batch_size = f"{STEPS}it", 8
   config.eval_every = config.log_every = config.checkpoint_every = "3it"
-  config.lr_milestones = ()
-  config.lr_schedule = "constant"
   for key, value in extra.items():
     config[key] = value
   return config
 
 
+MOCK_EXAMPLES = 48
+
+
 def run_on_mock(config, workdir):
-  with tfds.testing.mock_data(num_examples=48, policy=tfds.testing.MockPolicy.USE_CODE):
+  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES, policy=tfds.testing.MockPolicy.USE_CODE):
     return experiment.run(config, str(workdir))
 
 
@@ -66,5 +77,22 @@ def test_resnet20_late_rewinding_config(tmp_path):
 @pytest.mark.parametrize(
     "name", ["conv2_cifar10", "conv4_cifar10", "conv6_cifar10", "vgg16_cifar10", "resnet20_cifar10"])
 def test_cifar_configs_train_on_mock_data(name, tmp_path):
-  summary = run_on_mock(shorten(load_config(name)), tmp_path)
-  assert summary["steps"] == 6 and 0.0 <= summary["test_accuracy"] <= 1.0
+  published = load_config(name)
+  config = shorten(load_config(name))
+  assert (config.optimizer, config.weight_decay, config.lr_schedule) == (
+      published.optimizer, published.weight_decay, published.lr_schedule)
+  if config.lr_schedule == "step":  # 80ep and 120ep of 160ep: steps 3 and 4 (of 6)
+    assert tuple(config.lr_milestones) == ("3it", "4it")
+    durations = trainer.Durations.from_config(config, MOCK_EXAMPLES)
+    lr = trainer.learning_rate_schedule(config, durations)
+    assert [float(lr(s)) for s in (2, 3, 4)] == pytest.approx(
+        [config.learning_rate * config.lr_gamma ** k for k in range(3)], rel=1e-5)
+  summary = run_on_mock(config, tmp_path)
+  assert summary["steps"] == STEPS and 0.0 <= summary["test_accuracy"] <= 1.0
+  # Pruned to exactly the target: every prunable layer keeps round(density * size) weights.
+  assert config.method == "magnitude" and config.distribution == "uniform"
+  with open(tmp_path / "sparsity_report.json") as f:
+    report = json.load(f)
+  assert report and all(r["kept"] == round((1 - config.final_sparsity) * r["total"])
+                        for r in report), report
+  assert summary["density"] == sum(r["kept"] for r in report) / sum(r["total"] for r in report)

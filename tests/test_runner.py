@@ -1,14 +1,17 @@
 """End-to-end tests of the experiment runner (``experiments/``): real training runs on
 scikit-learn's digits (and a small Fashion-MNIST subset), the files a run leaves, bitwise resume
-after SIGKILL, command-line overrides, and one-line user errors from the CLI.
+after SIGKILL, reruns after a crash, command-line overrides, and one-line user errors from the CLI.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -18,6 +21,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from tensorboardX.proto import event_pb2
 
 from experiments import config as config_lib
 from experiments import experiment, trainer
@@ -51,15 +55,44 @@ def digits_config(**overrides):
   return c
 
 
-
-
-
-
 def read_masks(workdir):
   with np.load(Path(workdir) / "masks.npz") as npz:
     return {k: npz[k] for k in npz.files}
 
 
+def tensorboard_scalars(directory):
+  """``{tag: [(step, value), ...]}`` as TensorBoard shows the event files in ``directory``.
+
+  The files are read in name (= time) order; a session START event at step s (what a writer's
+  ``purge_step`` writes) hides the earlier events at steps >= s, as TensorBoard does. A record
+  cut short (a killed writer) ends its file.
+  """
+  scalars = {}
+  for path in sorted(Path(directory).glob("events.out.tfevents.*")):
+    data, offset = path.read_bytes(), 0
+    while offset + 12 <= len(data):
+      (length,) = struct.unpack("<Q", data[offset:offset + 8])
+      end = offset + 12 + length  # length, its CRC, the event, then the event's CRC
+      if end + 4 > len(data):
+        break
+      event = event_pb2.Event.FromString(data[offset + 12:end])
+      offset = end + 4
+      if event.session_log.status == event_pb2.SessionLog.START:
+        scalars = {tag: [(s, v) for s, v in points if s < event.step]
+                   for tag, points in scalars.items()}
+      for value in event.summary.value:
+        scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+  return scalars
+
+
+def assert_tensorboard_matches(directory, rows, tags):
+  """TensorBoard shows each of ``tags`` at the steps and values (float32) of the metric rows."""
+  scalars = tensorboard_scalars(directory)
+  for tag in tags:
+    expected = [r for r in rows if tag in r]
+    assert [step for step, _ in scalars[tag]] == [r["step"] for r in expected], tag
+    assert [value for _, value in scalars[tag]] == pytest.approx(
+        [r[tag] for r in expected], rel=1e-6), tag
 
 
 def restore_params(workdir, step):
@@ -170,12 +203,13 @@ def test_outputs(tmp_path_factory):
   assert isinstance(on_disk, dict) and SUMMARY_KEYS <= set(on_disk)
   assert all(v is None or isinstance(v, (str, int, float)) for v in on_disk.values())
   assert on_disk == summary
-  assert on_disk["early_stop_step"] in (0, 100, 200, 300)
   assert on_disk["wall_seconds"] > 0
 
   rows = read_metrics(Path(workdir) / "metrics.jsonl")
   steps = [r["step"] for r in rows]
   assert steps == [0, 100, 200, 300]
+  # The LTH papers' early-stopping iteration: the evaluation with the lowest test loss.
+  assert on_disk["early_stop_step"] == min((r["test_loss"], r["step"]) for r in rows)[1]
   assert all("test_accuracy" in r and "test_loss" in r for r in rows)
   for r in rows[1:]:
     assert {"train_loss", "train_accuracy", "density", "steps_per_second"} <= set(r)
@@ -186,8 +220,8 @@ def test_outputs(tmp_path_factory):
   assert rows[-1]["test_accuracy"] == summary["test_accuracy"]
   assert max(r["test_accuracy"] for r in rows) == summary["best_test_accuracy"]
 
-  events = list((workdir / "tensorboard").glob("events.out.tfevents.*"))
-  assert events and all(e.stat().st_size > 0 for e in events)
+  assert_tensorboard_matches(workdir / "tensorboard", rows,
+                             ("test_accuracy", "test_loss", "train_loss", "density"))
 
   report = (workdir / "sparsity_report.txt").read_text()
   for path, _, _ in LENET_DIGITS_KERNELS:
@@ -195,17 +229,59 @@ def test_outputs(tmp_path_factory):
   assert "total" in report and "5,020" in report and "50,200" in report
 
 
-def test_fashion_mnist_subset(tmp_path):
-  config = digits_config(method="magnitude", dataset="fashion_mnist", train_subset=2000,
-                         test_subset=500, steps="200it", pruning_end="150it")
+# LeNet-300-100 on 28x28 Fashion-MNIST: (path, n_in, n_out) of its prunable kernels.
+LENET_FASHION_KERNELS = (("['dense1']['kernel']", 784, 300), ("['dense2']['kernel']", 300, 100),
+                         ("['output']['kernel']", 100, 10))
+
+
+@pytest.mark.parametrize("method", ["dense", "magnitude", "random", "snip"])
+def test_fashion_mnist_subset(tmp_path, method):
+  config = digits_config(method=method, dataset="fashion_mnist", train_subset=1000,
+                         test_subset=500, steps="150it", pruning_end="100it")
   summary = experiment.run(config, str(tmp_path))
-  # 28x28 inputs: the first kernel is 784 x 300.
-  report = {r["path"]: r for r in read_json(tmp_path / "sparsity_report.json")}
-  assert report["['dense1']['kernel']"]["total"] == 784 * 300
-  assert report["['dense1']['kernel']"]["kept"] == round(0.1 * 784 * 300)
-  assert summary["density"] == pytest.approx(0.1, abs=1e-4)
-  assert summary["steps"] == 200
-  assert summary["test_accuracy"] >= 0.7, summary  # chance is 0.1
+  density = 1.0 if method == "dense" else 0.1
+  report = {r["path"]: (r["kept"], r["total"])
+            for r in read_json(tmp_path / "sparsity_report.json")}
+  assert report == {path: (round(density * n_in * n_out), n_in * n_out)
+                    for path, n_in, n_out in LENET_FASHION_KERNELS}
+  assert summary["density"] == pytest.approx(density, abs=1e-4)
+  assert summary["steps"] == 150
+  assert summary["test_accuracy"] >= 0.7, summary  # chance is 0.1; these reach 0.76-0.81
+
+
+def test_progress_line(tmp_path, caplog):
+  caplog.set_level(logging.INFO)
+  experiment.run(digits_config(steps="100it", eval_every="50it", log_every="50it"), str(tmp_path))
+  lines = [r.getMessage() for r in caplog.records if " | ETA " in r.getMessage()]
+  assert len(lines) == 2, lines
+  for line, step in zip(lines, (50, 100)):
+    assert re.fullmatch(rf"step {step}/100 \({step}%\) \| loss \d+\.\d{{4}} acc \d\.\d{{4}} \| "
+                        r"test acc \d\.\d{4} \| density \d\.\d{4} \| \d+ it/s \| "
+                        r"ETA \d+:\d\d:\d\d", line), line
+  assert lines[-1].endswith("ETA 0:00:00")
+
+
+class Crash(Exception):
+  """Stands for a run killed at a chosen point."""
+
+
+def test_rerun_after_a_crash_before_the_first_checkpoint(tmp_path, monkeypatch):
+  def crash(*args, **kwargs):
+    raise Crash
+
+  config = lambda: digits_config(method="magnitude", checkpoint_every="200it")
+  with monkeypatch.context() as patch:
+    patch.setattr(trainer.Checkpoints, "save", crash)  # dies saving its first checkpoint
+    with pytest.raises(Crash):
+      experiment.run(config(), str(tmp_path))
+  assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [0, 100, 200]
+  assert not checkpoint_steps(tmp_path / "checkpoints")
+
+  summary = experiment.run(config(), str(tmp_path))
+  rows = read_metrics(tmp_path / "metrics.jsonl")
+  assert [r["step"] for r in rows] == [0, 100, 200, 300]  # each step once
+  assert rows[-1]["test_accuracy"] == summary["test_accuracy"]
+  assert_tensorboard_matches(tmp_path / "tensorboard", rows, ("test_accuracy", "train_loss"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,6 +343,10 @@ def test_resume_after_sigkill_is_bitwise_identical(completed_cli_run, tmp_path):
     ra.pop("steps_per_second", None)
     rb.pop("steps_per_second", None)
     assert ra == rb
+  # The resumed writer hides the killed one's events after the checkpoint: no step twice.
+  for tag, points in tensorboard_scalars(workdir / "tensorboard").items():
+    steps = [s for s, _ in points]
+    assert steps == sorted(set(steps)), (tag, steps)
 
 
 def test_command_line_overrides(tmp_path):
@@ -308,6 +388,11 @@ ERROR_CASES = {
     "missing_idx_dir": (("--config.dataset=idx:/nonexistent",), ("/nonexistent",)),
     "missing_fashion_mnist": (("--config.dataset=fashion_mnist", "--config.data_dir=/nonexistent"),
                               ("Fashion-MNIST", "/nonexistent")),
+    "bad_exclude_regex": (("--config.prune_exclude=(",), ("prune_exclude", "regular expression")),
+    "bad_override_regex": (("--config.prune_fraction_overrides=(=0.1",),
+                           ("prune_fraction_overrides", "regular expression")),
+    "exclude_every_layer": (("--config.prune_exclude=kernel",),
+                            ("prune_exclude", "every prunable layer", "['dense1']['kernel']")),
 }
 
 
@@ -320,8 +405,18 @@ def test_config_and_data_errors(tmp_path, case):
   result = cli(workdir, *overrides)
   assert_one_line_error(result, *words)
   assert (workdir / "notes.txt").read_text() == "kept"
-  # A rejected config does not claim the workdir: the corrected config can still use it.
-  assert not (workdir / "config.json").exists()
+  # A rejected config does not claim the workdir (nothing is written): the corrected config can
+  # still use it.
+  assert [p.name for p in workdir.iterdir()] == ["notes.txt"]
+
+
+def test_corrected_prune_exclude_runs_in_the_same_workdir(tmp_path):
+  workdir = tmp_path / "run"
+  assert_one_line_error(cli(workdir, "--config.prune_exclude=kernel"), "prune_exclude")
+  result = cli(workdir, "--config.prune_exclude=output")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert read_json(workdir / "config.json")["prune_exclude"] == "output"
+  assert sorted(read_masks(workdir)) == ["['dense1']['kernel']", "['dense2']['kernel']"]
 
 
 def test_unwritable_workdir(tmp_path):
@@ -332,12 +427,18 @@ def test_unwritable_workdir(tmp_path):
   assert blocker.read_text() == "not a directory"
 
 
-def test_diverging_loss(tmp_path):
+def test_diverging_loss_then_a_lower_learning_rate(tmp_path):
   workdir = tmp_path / "run"
   result = cli(workdir, "--config.learning_rate=1e6")
   assert_one_line_error(result, "nan", "learning_rate")
-  assert (workdir / "config.json").exists()
   assert not (workdir / "summary.json").exists()
+  assert not checkpoint_steps(workdir / "checkpoints")  # diverged before the first checkpoint
+  # Nothing to resume: the same workdir takes the corrected config and starts afresh.
+  result = cli(workdir, "--config.learning_rate=0.1")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert read_json(workdir / "config.json")["learning_rate"] == 0.1
+  assert read_json(workdir / "summary.json")["test_accuracy"] >= 0.9
+  assert [r["step"] for r in read_metrics(workdir / "metrics.jsonl")] == [0, 50, 100, 150, 200]
 
 
 def test_workdir_with_a_different_config(completed_cli_run, tmp_path):
@@ -348,51 +449,3 @@ def test_workdir_with_a_different_config(completed_cli_run, tmp_path):
   assert_one_line_error(result, "seed", "different config")
   after = {p.relative_to(workdir): p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
   assert after == before  # nothing written, nothing removed
-
-
-# ---------------------------------------------------------------------------------------------
-# Learning-rate schedules.
-
-
-def schedule_of(**overrides):
-  config = config_lib.defaults()
-  config.learning_rate = 0.1
-  for key, value in overrides.items():
-    config[key] = value
-  durations = trainer.Durations(steps_per_epoch=10, total=60, eval_every=10, log_every=10,
-                                checkpoint_every=10)
-  schedule = trainer.learning_rate_schedule(config, durations)
-  return lambda step: float(schedule(step))
-
-
-def test_constant_schedule():
-  lr = schedule_of(lr_schedule="constant")
-  assert [lr(s) for s in (0, 30, 59)] == pytest.approx([0.1] * 3, rel=1e-6)
-
-
-@pytest.mark.parametrize("warmup", ["0it", "5it"])
-def test_step_schedule(warmup):
-  lr = schedule_of(lr_schedule="step", lr_milestones=("2ep", "4ep"), lr_gamma=0.1, warmup=warmup)
-  expected = {5: 0.1, 19: 0.1, 20: 0.01, 39: 0.01, 40: 0.001, 59: 0.001}
-  if warmup == "0it":
-    expected[0] = 0.1
-  for step, value in expected.items():
-    assert lr(step) == pytest.approx(value, rel=1e-5), step
-
-
-def test_linear_warmup():
-  lr = schedule_of(lr_schedule="constant", warmup="10it")
-  assert [lr(s) for s in range(11)] == pytest.approx([0.01 * s for s in range(11)], abs=1e-7)
-  assert lr(30) == pytest.approx(0.1, rel=1e-6)
-
-
-@pytest.mark.parametrize("warmup", [0, 10])
-def test_cosine_schedule(warmup):
-  lr = schedule_of(lr_schedule="cosine", warmup=f"{warmup}it")
-  values = [lr(s) for s in range(warmup, 61)]
-  assert values[0] == pytest.approx(0.1, rel=1e-6)
-  assert all(b <= a + 1e-9 for a, b in zip(values, values[1:]))  # non-increasing
-  middle = warmup + (60 - warmup) // 2
-  assert lr(middle) == pytest.approx(0.05, rel=1e-4)
-  assert lr(59) < 0.001
-  assert lr(60) == pytest.approx(0.0, abs=1e-8)

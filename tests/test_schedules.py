@@ -179,3 +179,36 @@ def test_bad_imp_arguments():
     schedules.imp_density(2, 1.0)
   with pytest.raises(ValueError, match=re.escape("level=-1")):
     schedules.imp_density(-1, 0.2)
+
+
+@pytest.mark.parametrize("integer", [np.int64, np.int32, np.uint16])
+def test_numpy_integer_steps_accepted(integer):
+  ref = schedules.polynomial(0.9, 10, 35, 10)
+  sched = schedules.polynomial(0.9, integer(10), integer(35), integer(10))
+  assert sched == ref
+  assert all(type(v) is int for v in (sched.begin_step, sched.end_step, sched.frequency))
+  steps = jnp.arange(50)
+  np.testing.assert_array_equal(sched(steps), ref(steps))
+  np.testing.assert_array_equal(sched.is_update_step(steps), ref.is_update_step(steps))
+  assert schedules.one_shot(0.5, integer(3)) == schedules.one_shot(0.5, 3)
+  assert schedules.imp_density(integer(2), 0.2) == schedules.imp_density(2, 0.2)
+
+
+@pytest.mark.parametrize("value", [True, False, 10.0, np.float64(10.0), np.array(10)])
+def test_bool_float_and_array_steps_rejected(value):
+  shown = re.escape(repr(value))
+  with pytest.raises(ValueError, match=f"begin_step={shown} must be a non-negative integer step"):
+    schedules.polynomial(0.9, value, 100, 10)
+  with pytest.raises(ValueError, match=f"end_step={shown} must be a non-negative integer step"):
+    schedules.polynomial(0.9, 0, value, 10)
+  with pytest.raises(ValueError, match=f"frequency={shown} must be a positive integer"):
+    schedules.polynomial(0.9, 0, 100, value)
+  with pytest.raises(ValueError, match=f"step={shown}"):
+    schedules.one_shot(0.5, value)
+  with pytest.raises(ValueError, match=f"level={shown}"):
+    schedules.imp_density(value, 0.2)
+
+
+def test_negative_numpy_step_shown_as_int():
+  with pytest.raises(ValueError, match=re.escape("begin_step=-1 must be")):
+    schedules.polynomial(0.9, np.int64(-1), 100, 10)

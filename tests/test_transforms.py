@@ -1,5 +1,7 @@
 """The sparse optax wrappers: exact zeros, no gradient leakage, masks on schedule, no recompiles."""
 
+import re
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -134,6 +136,66 @@ class StaticMasksTest(parameterized.TestCase):
     self.assertLen(traces, 1)
     np.testing.assert_array_equal(pruned_values(params, new_masks), 0.0)
 
+  def test_set_masks_zeros_the_inner_state_of_newly_pruned_weights(self):
+    params = small_params()
+    opt = transforms.static_masks(optax.adam(1e-2), masks_lib.ones_like(params))
+    step = make_step(opt)
+    state = opt.init(params)
+    for i in range(3):
+      params, state = step(params, state, jax.random.key(i))
+    new_masks = pruning.magnitude(params, 0.5, transforms.get_masks(state))
+    replaced = transforms.set_masks(state, new_masks)
+    adam_before, adam_after = state.inner_state[0], replaced.inner_state[0]
+    for before, after in ((adam_before.mu, adam_after.mu), (adam_before.nu, adam_after.nu)):
+      self.assertTrue(np.all(pruned_values(before, new_masks) != 0.0))
+      np.testing.assert_array_equal(pruned_values(after, new_masks), 0.0)
+      for b, a, m in zip(jax.tree.leaves(before), jax.tree.leaves(after),
+                         jax.tree.leaves(new_masks)):
+        keep = np.broadcast_to(np.asarray(m), np.shape(b))
+        np.testing.assert_array_equal(np.asarray(a)[keep], np.asarray(b)[keep])
+
+  def test_pruned_gradients_do_not_leak_through_global_norm_clipping(self):
+    params = small_params()
+    masks = pruning.random(jax.random.key(1), params, 0.8, "erk")
+    grads = random_grads(jax.random.key(2), params)
+    # Huge gradients on pruned weights: if they reached the clipping, kept updates would vanish.
+    huge = jax.tree.map(lambda g, m: jnp.where(m, g, 1e6) if m.ndim else g, grads, masks)
+    opt = transforms.static_masks(
+        optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(0.1)), masks)
+    updates, _ = opt.update(huge, opt.init(params), params)
+
+    masked = [np.where(np.asarray(m), np.asarray(g, np.float64), 0.0)
+              for g, m in zip(jax.tree.leaves(grads), jax.tree.leaves(masks))]
+    norm = np.sqrt(sum(np.sum(g ** 2) for g in masked))
+    self.assertGreater(norm, 1.0)  # the clipping is active on the masked gradients alone.
+    for u, g, p, m in zip(jax.tree.leaves(updates), masked, jax.tree.leaves(params),
+                          jax.tree.leaves(masks)):
+      keep = np.broadcast_to(np.asarray(m), np.shape(u))
+      np.testing.assert_allclose(np.asarray(u)[keep], (-0.1 * g / norm)[keep], rtol=1e-5,
+                                 atol=1e-8)
+      np.testing.assert_array_equal(np.asarray(u)[~keep], -np.asarray(p)[~keep])
+
+  def test_set_masks_rejects_masks_that_do_not_fit(self):
+    params = small_params()
+    opt = optax.chain(optax.clip_by_global_norm(1.0),
+                      transforms.static_masks(optax.sgd(0.1), masks_lib.ones_like(params)))
+    state = opt.init(params)
+    changes = {
+        "['dense']['kernel']": lambda m: m["dense"].update(kernel=jnp.ones((16, 32), bool)),
+        "['output']['kernel']": lambda m: m["output"].update(kernel=jnp.array(True)),
+        "['conv']['bias']": lambda m: m["conv"].update(bias=jnp.ones((8,), bool)),
+        "['conv']['kernel']": lambda m: m["conv"].update(kernel=jnp.ones((3, 3, 2, 8))),
+        "['output']": lambda m: m.pop("output"),
+    }
+    for path, change in changes.items():
+      new = masks_lib.ones_like(params)
+      change(new)
+      with pytest.raises(ValueError, match=re.escape(path)):
+        transforms.set_masks(state, new)
+    chex.assert_trees_all_equal(
+        transforms.get_masks(transforms.set_masks(state, masks_lib.ones_like(params))),
+        masks_lib.ones_like(params))
+
   def test_mismatched_masks_name_the_path(self):
     params = small_params()
     masks = masks_lib.ones_like(params)
@@ -262,6 +324,18 @@ class MagnitudePruningTest(chex.TestCase):
                                      params["output"]["kernel"])))
     with pytest.raises(ValueError, match="found 0"):
       transforms.get_masks(optax.adam(1e-3).init(params))
+
+  def test_prunable_and_initial_masks_together_is_an_error(self):
+    params = small_params()
+    initial = masks_lib.ones_like(params)
+    for make in (transforms.magnitude_pruning,
+                 lambda inner, schedule, **kw: transforms.scheduled_pruning(
+                     inner, schedule, lambda p, g: jax.tree.map(jnp.abs, p), **kw)):
+      with pytest.raises(ValueError, match="both prunable and initial_masks"):
+        make(optax.sgd(0.1), schedules.one_shot(0.5), prunable="dense", initial_masks=initial)
+      only_dense = make(optax.sgd(0.1), schedules.one_shot(0.5), prunable=r"dense\W+kernel")
+      self.assertEqual([r.path for r in masks_lib.summary(
+          params, transforms.get_masks(only_dense.init(params)))], ["['dense']['kernel']"])
 
   def test_unknown_distribution(self):
     with pytest.raises(ValueError, match="'bogus'"):
