@@ -99,8 +99,10 @@ def bench(name, build, rounds, steps):
     carries[v], _ = time_steps(steps_fns[v], carries[v], batches, 3)
   times = {v: [] for v in variants}
   update_mask = []
-  for _ in range(rounds):
-    for v in variants:
+  names = list(variants)
+  for r in range(rounds):
+    # The order rotates every round, so no variant always runs first (or right after another).
+    for v in names[r % len(names):] + names[:r % len(names)]:
       start = int(carries[v][1].count) if v == "c" else None
       carries[v], t = time_steps(steps_fns[v], carries[v], batches, steps)
       times[v].append(t)

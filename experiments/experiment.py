@@ -34,10 +34,10 @@ PyTree = Any
 
 def write_text(path: str, text: str) -> None:
   """Writes ``text`` atomically (a reader never sees a half-written file)."""
-  directory = os.path.dirname(path) or "."
-  with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, suffix=".tmp") as f:
+  tmp = f"{path}.{os.getpid()}.tmp"  # open() honours the umask, as for any other output file
+  with open(tmp, "w") as f:
     f.write(text)
-  os.replace(f.name, path)
+  os.replace(tmp, path)
 
 
 def write_json(path: str, value: Any) -> None:
