@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import time
-from fractions import Fraction
 from pathlib import Path
 
 import jax
@@ -28,6 +27,7 @@ import pytest
 
 from experiments import config as config_lib
 from experiments import experiment, imp, models, trainer
+from imp_counts import HALF, off_by
 from sparsejax import connectivity, transforms
 from sparsejax import masks as masks_lib
 from workdir_files import checkpoint_steps, read_json, read_metrics
@@ -95,14 +95,6 @@ SIZES = {"['dense1']['kernel']": 64 * 300, "['dense2']['kernel']": 300 * 100,
 def find_states(tree, cls):
   is_cls = lambda x: isinstance(x, cls)
   return [x for x in jax.tree.leaves(tree, is_leaf=is_cls) if is_cls(x)]
-
-
-def off_by(kept, n, fraction, level):
-  """|kept - n (1 - p)^L|, exactly."""
-  return float(abs(kept - n * (1 - Fraction(fraction)) ** level))
-
-
-HALF = 0.5 + 1e-9  # round() is within half a weight (the float (1 - p)^L aside)
 
 
 def snapshot(state):

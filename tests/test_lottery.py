@@ -3,7 +3,6 @@
 import json
 import os
 import tempfile
-from fractions import Fraction
 
 import chex
 import jax
@@ -13,6 +12,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from imp_counts import HALF, off_by
 from sparsejax import lottery
 from sparsejax import masks as masks_lib
 
@@ -85,19 +85,6 @@ def assert_biases_untouched(new_masks):
   for layer in new_masks:
     b = new_masks[layer]["bias"]
     assert np.ndim(b) == 0 and bool(b)
-
-
-def exact_kept(n, p, level):
-  """n (1 - p)^L as an exact rational: the number of weights level L should keep of n."""
-  return n * (1 - Fraction(p)) ** level
-
-
-def off_by(kept_count, n, p, level):
-  """|kept - n (1 - p)^L|, exactly."""
-  return float(abs(kept_count - exact_kept(n, p, level)))
-
-
-HALF = 0.5 + 1e-9  # round() is within half a weight (the float (1 - p)^L aside)
 
 
 # ---------------------------------------------------------------------------------------------

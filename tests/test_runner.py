@@ -11,7 +11,6 @@ import os
 import re
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -21,11 +20,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from tensorboardX.proto import event_pb2
 
 from experiments import config as config_lib
 from experiments import experiment, trainer
-from workdir_files import checkpoint_steps, read_json, read_metrics
+from workdir_files import checkpoint_steps, read_json, read_metrics, tensorboard_scalars
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE_CONFIG = "configs/digits_smoke.py"
@@ -58,31 +56,6 @@ def digits_config(**overrides):
 def read_masks(workdir):
   with np.load(Path(workdir) / "masks.npz") as npz:
     return {k: npz[k] for k in npz.files}
-
-
-def tensorboard_scalars(directory):
-  """``{tag: [(step, value), ...]}`` as TensorBoard shows the event files in ``directory``.
-
-  The files are read in name (= time) order; a session START event at step s (what a writer's
-  ``purge_step`` writes) hides the earlier events at steps >= s, as TensorBoard does. A record
-  cut short (a killed writer) ends its file.
-  """
-  scalars = {}
-  for path in sorted(Path(directory).glob("events.out.tfevents.*")):
-    data, offset = path.read_bytes(), 0
-    while offset + 12 <= len(data):
-      (length,) = struct.unpack("<Q", data[offset:offset + 8])
-      end = offset + 12 + length  # length, its CRC, the event, then the event's CRC
-      if end + 4 > len(data):
-        break
-      event = event_pb2.Event.FromString(data[offset + 12:end])
-      offset = end + 4
-      if event.session_log.status == event_pb2.SessionLog.START:
-        scalars = {tag: [(s, v) for s, v in points if s < event.step]
-                   for tag, points in scalars.items()}
-      for value in event.summary.value:
-        scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
-  return scalars
 
 
 def assert_tensorboard_matches(directory, rows, tags):

@@ -4,7 +4,6 @@ their weight decay, the learning-rate schedules, and resuming a run between two 
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import chex
 import jax.numpy as jnp
