@@ -11,11 +11,16 @@ pruning, rewinding, saving masks and weights, training, evaluation and checkpoin
 from __future__ import annotations
 
 import argparse
+import pathlib
+import sys
 import json
 import os
 import tempfile
 
 import jax
+
+# The runner is not installed (only the library is): import it from this checkout.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from experiments import experiment
 from experiments.config import defaults
@@ -27,7 +32,7 @@ def main():
   parser.add_argument("--dataset", default="fashion_mnist")
   args = parser.parse_args()
   c = defaults()
-  c.method, c.dataset, c.steps = "imp", args.dataset, f"{args.epochs}ep"
+  c.protocol, c.dataset, c.steps = "imp", args.dataset, f"{args.epochs}ep"
   c.optimizer, c.learning_rate, c.batch_size = "sgd", 0.1, 128
   c.eval_every, c.log_every, c.checkpoint_every = "1ep", "5ep", "5ep"
   c.levels, c.prune_fraction, c.distribution = 1, 0.2, "global"

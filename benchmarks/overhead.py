@@ -14,12 +14,17 @@ runs including the mask-update steps, and one mask-update step relative to an or
 from __future__ import annotations
 
 import argparse
+import pathlib
+import sys
 import time
 
 import jax
 import numpy as np
 import optax
 from flax import nnx
+
+# The runner is not installed (only the library is): import it from this checkout.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from experiments import models
 from sparsejax import pruning, schedules, transforms
@@ -43,7 +48,9 @@ class SmallCNN(nnx.Module):
 
 
 def lenet():
-  model, params, state = models.create("lenet300", num_classes=10, input_shape=(28, 28, 1), seed=0)
+  model, params, state = models.create(
+      "lenet300", num_classes=10, input_shape=(28, 28, 1), key=jax.random.key(0)
+  )
   apply = lambda p, x: model.apply(p, state, x, train=True)[0]
   return apply, params, (28, 28, 1)
 

@@ -11,12 +11,19 @@ logging and checkpointing included), next to the jitted step alone, measured in 
 from __future__ import annotations
 
 import argparse
+import pathlib
+import sys
 import tempfile
 import time
 
 import jax
 
+# The runner is not installed (only the library is): import it from this checkout.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from experiments import config as config_lib
 from experiments import experiment, trainer
+from experiments import setup as setup_lib
 from experiments.config import defaults
 
 
@@ -35,12 +42,12 @@ def config_for(method: str, epochs: int, dataset: str):
 
 def step_alone(config, n=300) -> float:
   """Seconds per jitted step of the same training function, without the loop's events."""
-  data = experiment.load_data(config)
-  task, params, model_state = experiment.build_task(config, data)
-  optimizer = trainer.base_optimizer(config, trainer.learning_rate_schedule(config,
-                                                                            task.durations))
-  train_steps = trainer.make_train_steps(task, optimizer)
-  state = trainer.init_state(params, model_state, optimizer, config.seed)
+  setup = setup_lib.build(config_lib.finalize(config), "")
+  key = setup.key()
+  params, model_state = setup.init(key)
+  sparsifier = setup.sparsifier(params, model_state, key)
+  train_steps = trainer.make_train_steps(setup.task, sparsifier)
+  state = trainer.init_state(params, model_state, sparsifier.tx, key)
   state, _ = jax.block_until_ready(train_steps(state, 10))
   times = []
   for _ in range(3):

@@ -10,7 +10,7 @@ network of conv 10% / fc 20% and half the fc rate for the output layer; those be
 (``sparsejax.lottery``). This config, like the other CIFAR-10 configs, instead defaults to gradual
 magnitude pruning (Zhu & Gupta, "To prune, or not to prune", 2017, eq. 1: cubic schedule from
 ``pruning_begin='0it'`` to ``pruning_end='75%'`` of training, every 100 iterations) to
-``final_sparsity=0.9`` with uniform per-layer densities. ``--config.method=dense`` gives the
+``final_sparsity=0.9`` with uniform per-layer densities. ``--config.sparsifier=dense`` gives the
 dense baseline.
 
 Data: CIFAR-10 from TFDS (``tfds:cifar10``) with random crop + flip (``augment=True``), as the
@@ -24,7 +24,7 @@ from experiments.config import defaults
 
 def get_config():
   config = defaults()
-  config.method = "magnitude"
+  config.sparsifier = "magnitude"
   config.model = "conv2"
   config.dataset = "tfds:cifar10"
   config.augment = True

@@ -11,7 +11,7 @@ from experiments.config import defaults
 
 def get_config():
   config = defaults()
-  config.method = "magnitude"
+  config.sparsifier = "magnitude"
   config.model = "lenet300"
   config.dataset = "digits"
   config.batch_size = 64

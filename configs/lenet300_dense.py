@@ -15,7 +15,7 @@ from experiments.config import defaults
 
 def get_config():
   config = defaults()
-  config.method = "dense"
+  config.sparsifier = "dense"
   config.model = "lenet300"
   config.dataset = "fashion_mnist"
   config.optimizer = "sgd"

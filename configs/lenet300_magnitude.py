@@ -23,7 +23,7 @@ from configs import lenet300_dense
 
 def get_config():
   config = lenet300_dense.get_config()
-  config.method = "magnitude"
+  config.sparsifier = "magnitude"
   config.final_sparsity = 0.9
   config.distribution = "uniform"
   config.pruning_begin = "2ep"

@@ -16,7 +16,7 @@ from configs import lenet300_dense
 
 def get_config():
   config = lenet300_dense.get_config()
-  config.method = "random"
+  config.sparsifier = "random"
   config.final_sparsity = 0.9
   config.distribution = "erk"
   return config

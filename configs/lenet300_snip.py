@@ -17,7 +17,7 @@ from configs import lenet300_dense
 
 def get_config():
   config = lenet300_dense.get_config()
-  config.method = "snip"
+  config.sparsifier = "snip"
   config.final_sparsity = 0.9
   config.distribution = "global"
   return config

@@ -17,7 +17,7 @@ from experiments.config import defaults
 
 def get_config():
   config = defaults()
-  config.method = "imp"
+  config.protocol = "imp"
   config.model = "lenet300"
   config.dataset = "fashion_mnist"
   config.optimizer = "adam"

@@ -13,7 +13,7 @@ every layer prunable); that belongs to ``sparsejax.lottery``. This config, as th
 configs, defaults to gradual magnitude pruning (Zhu & Gupta, "To prune, or not to prune", 2017,
 eq. 1: cubic schedule from ``pruning_begin='0it'`` to ``pruning_end='75%'`` = epoch 120, every
 100 iterations) to ``final_sparsity=0.9`` with uniform per-layer densities, so the last 40 epochs
-(lr 0.001) train the final sparse network. ``--config.method=dense`` gives the dense baseline.
+(lr 0.001) train the final sparse network. ``--config.sparsifier=dense`` gives the dense baseline.
 """
 
 from configs import vgg16_cifar10

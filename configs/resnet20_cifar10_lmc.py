@@ -18,7 +18,7 @@ from configs import resnet20_cifar10
 
 def get_config():
   config = resnet20_cifar10.get_config()
-  config.method = "imp"
+  config.protocol, config.sparsifier = "imp", "dense"  # IMP prunes between trainings
   config.distribution = "global"
   config.prune_fraction = 0.2
   config.prune_fraction_overrides = ""

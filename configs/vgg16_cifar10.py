@@ -12,7 +12,7 @@ output layer ``fc.weight`` never pruned); that belongs to ``sparsejax.lottery``.
 the other CIFAR-10 configs, defaults to gradual magnitude pruning (Zhu & Gupta, "To prune, or
 not to prune", 2017, eq. 1: cubic schedule from ``pruning_begin='0it'`` to ``pruning_end='75%'``
 = epoch 120, every 100 iterations) to ``final_sparsity=0.9`` with uniform per-layer densities,
-so the last 40 epochs (lr 0.001) train the final sparse network. ``--config.method=dense`` gives
+so the last 40 epochs (lr 0.001) train the final sparse network. ``--config.sparsifier=dense`` gives
 the dense baseline; ``--config.prune_exclude=output`` keeps the output layer dense as OpenLTH.
 """
 
@@ -21,7 +21,7 @@ from experiments.config import defaults
 
 def get_config():
   config = defaults()
-  config.method = "magnitude"
+  config.sparsifier = "magnitude"
   config.model = "vgg16"
   config.dataset = "tfds:cifar10"
   config.augment = True

@@ -1,110 +1,117 @@
-"""The runner's configuration: defaults, validation, and step counts in iterations or epochs.
+"""The runner's configuration: every key, its default and its validation.
 
-Every experiment is an ``ml_collections.ConfigDict`` built from :func:`defaults` by a file in
-``configs/`` (``get_config()``), overridable on the command line (``--config.key=value``). The
-dict is locked: a key that :func:`defaults` does not define is an error, and so is a value of the
+An experiment is an ``ml_collections.ConfigDict`` built from :func:`defaults` by a file in
+``configs/`` (``get_config()``) and overridable on the command line (``--config.key=value``). The
+dict is locked: a key :func:`defaults` does not define is an error, and so is a value of the
 wrong type. Durations are strings: ``"40ep"`` (epochs) or ``"500it"`` (iterations).
+
+The keys are those of the runner itself (model, data, optimizer, step counts) plus the keys each
+registered sparsifier and protocol owns (:mod:`experiments.registry`). ``protocol`` selects which
+trainings a run does (``train``: one training; ``imp``: lottery tickets) and ``sparsifier`` the
+sparse method of a training (``dense``, ``magnitude``, ``random``, ``snip``). ``method`` is a
+shorthand kept from earlier versions: ``method=NAME`` selects the protocol ``NAME`` if there is
+one, else the sparsifier ``NAME`` under the ``train`` protocol.
 """
 
 from __future__ import annotations
 
-import re
-
 import ml_collections
 
-CONTROLS = ("reinit", "shuffle_layerwise", "shuffle_global")
+from experiments import models, parsing, protocols, sparsifiers  # noqa: F401 (registrations)
+from experiments.parsing import ConfigError, parse_duration, parse_overrides  # noqa: F401
+from experiments.registry import PROTOCOLS, SPARSIFIERS
+
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
 LR_SCHEDULES = ("constant", "step", "cosine")
-DISTRIBUTIONS = ("uniform", "er", "erk", "global")
 
 
-class ConfigError(ValueError):
-  """A configuration value that cannot be used; the message names it and what would be right."""
-
-
-def defaults() -> ml_collections.ConfigDict:
-  """Every key the runner understands, with the values of a short LeNet-300-100 run."""
+def runner_defaults() -> ml_collections.ConfigDict:
+  """The runner's own keys, with the values of a short LeNet-300-100 run."""
   c = ml_collections.ConfigDict()
-  c.method = "dense"
+  c.protocol = "train"            # which trainings: train | imp | ... (experiments.protocols)
+  c.sparsifier = "dense"          # the sparse method of each training (experiments.sparsifiers)
+  c.method = ""                   # shorthand: a protocol's or a sparsifier's name
   c.model = "lenet300"
+  c.model_init = "default"        # the paper's per model, or kaiming_normal, glorot_normal, ...
+  c.bias_init = "zeros"           # zeros | pytorch (U(+-1/sqrt(fan_in)), PyTorch's default)
   c.dataset = "fashion_mnist"
-  c.data_dir = ""                # '' = the dataset's default location
-  c.train_subset = 0             # 0 = all examples; n = the first n (small test runs)
+  c.data_dir = ""                 # '' = the dataset's default location
+  c.train_subset = 0              # 0 = all examples; n = the first n (small test runs)
   c.test_subset = 0
   c.seed = 0
-  c.augment = False              # random crop + flip (CIFAR-style models)
+  c.augment = False               # random crop + flip (CIFAR-style models)
 
   c.batch_size = 128
-  c.steps = "40ep"               # training length: "Nep" or "Nit"
+  c.steps = "40ep"                # training length: "Nep" or "Nit"
   c.eval_every = "1ep"
   c.log_every = "1ep"
   c.checkpoint_every = "5ep"
 
   c.optimizer = "sgd"
   c.learning_rate = 0.1
-  c.momentum = 0.9               # for momentum / nesterov
-  c.weight_decay = 0.0           # L2 (coupled) for sgd/momentum/nesterov/adam, decoupled for adamw
+  c.momentum = 0.9                # for momentum / nesterov
+  c.weight_decay = 0.0            # L2 (coupled) for sgd/momentum/nesterov/adam, decoupled for adamw
   c.lr_schedule = "constant"
-  c.lr_milestones = ()           # for "step": e.g. ("80ep", "120ep")
+  c.lr_milestones = ()            # for "step": e.g. ("80ep", "120ep")
   c.lr_gamma = 0.1
   c.warmup = "0it"
-
-  # Sparsity (see sparsejax.distributions, sparsejax.schedules).
-  c.final_sparsity = 0.9
-  c.distribution = "uniform"     # uniform | er | erk | global
-  c.prune_exclude = ""           # regex of param paths never pruned, e.g. "output"
-  c.pruning_begin = "0it"        # magnitude: polynomial schedule of Zhu & Gupta
-  c.pruning_end = "75%"          # a duration, or a percentage of the training steps
-  c.pruning_frequency = "100it"
-  c.pruning_power = 3.0
-  c.snip_batch_size = 128
-
-  # Lottery tickets: iterative magnitude pruning with rewinding (method "imp"); distribution
-  # "global" ranks all prunable weights together, "uniform" prunes every layer by the fraction.
-  c.levels = 10
-  c.prune_fraction = 0.2
-  c.prune_fraction_overrides = ""  # "regex=fraction,...", e.g. "output=0.1"
-  c.rewind = "0it"
-  c.reset_optimizer = True         # OpenLTH re-creates the optimizer at every level
-  c.controls = ()                  # any of "reinit", "shuffle_layerwise", "shuffle_global"
-  c.replicates = 1
-  c.instability = False            # linear mode connectivity of two copies at every level
-  c.instability_alphas = 30
+  c.prune_exclude = ""            # regex of param paths never pruned, e.g. "output"
   return c
 
 
+def defaults() -> ml_collections.ConfigDict:
+  """Every key the runner understands: its own and those of every registered entry."""
+  c = runner_defaults()
+  own = set(c.keys())
+  for registry in (SPARSIFIERS, PROTOCOLS):
+    for key, default in registry.keys().items():
+      if key in own:
+        raise ValueError(f"{registry.kind} key {key!r} is a key of the runner itself.")
+      if key in c and c[key] != default:
+        raise ValueError(f"config key {key!r} has default {c[key]!r} for a sparsifier and "
+                         f"{default!r} for a protocol; shared keys need one default.")
+      c[key] = default
+  return c
+
+
+def resolve(config: ml_collections.ConfigDict) -> None:
+  """Replaces the ``method`` shorthand by the ``protocol`` / ``sparsifier`` it names."""
+  name = config.method
+  if not name:
+    return
+  if name in PROTOCOLS.names():
+    config.protocol = name
+  elif name in SPARSIFIERS.names():
+    config.protocol, config.sparsifier = "train", name
+  else:
+    raise ConfigError(f"method={name!r} is not one of {PROTOCOLS.names() + SPARSIFIERS.names()} "
+                      "(a protocol or a sparsifier).")
+  config.method = ""
+
+
 def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Locks the config (unknown keys become errors) and checks every value."""
+  """Locks the config (unknown keys become errors), resolves ``method``, checks every value."""
   config.lock()
   validate(config)
+  resolve(config)
   return config
-
-
-def _choice(config, key, choices):
-  if config[key] not in choices:
-    raise ConfigError(f"{key}={config[key]!r} is not one of {list(choices)}.")
-
-
-def _check_regex(key: str, pattern: str) -> None:
-  try:
-    re.compile(pattern)
-  except re.error as e:
-    raise ConfigError(f"{key}: {pattern!r} is not a regular expression ({e}).") from None
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises :class:`ConfigError` naming the first key whose value cannot be used."""
-  from experiments import methods  # methods builds on this module
-  unknown = sorted(set(config.keys()) - set(defaults().keys()))
+  valid = defaults()
+  unknown = sorted(set(config.keys()) - set(valid.keys()))
   if unknown:
-    raise ConfigError(f"unknown config key(s) {unknown}; valid keys: {sorted(defaults().keys())}.")
-  _choice(config, "method", methods.names())
-  _choice(config, "optimizer", OPTIMIZERS)
-  _choice(config, "lr_schedule", LR_SCHEDULES)
-  _choice(config, "distribution", DISTRIBUTIONS)
-  if not 0.0 <= config.final_sparsity < 1.0:
-    raise ConfigError(f"final_sparsity={config.final_sparsity!r} must lie in [0, 1).")
-  for key in ("batch_size", "snip_batch_size"):
+    raise ConfigError(f"unknown config key(s) {unknown}; valid keys: {sorted(valid.keys())}.")
+  if config.method:
+    parsing.choice("method", config.method, PROTOCOLS.names() + SPARSIFIERS.names())
+  PROTOCOLS.get(config.protocol)
+  SPARSIFIERS.get(config.sparsifier)
+  parsing.choice("model_init", config.model_init, models.MODEL_INITS)
+  parsing.choice("bias_init", config.bias_init, models.BIAS_INITS)
+  parsing.choice("optimizer", config.optimizer, OPTIMIZERS)
+  parsing.choice("lr_schedule", config.lr_schedule, LR_SCHEDULES)
+  for key in ("batch_size",):
     if config[key] <= 0:
       raise ConfigError(f"{key}={config[key]!r} must be a positive integer.")
   for key in ("train_subset", "test_subset"):
@@ -112,63 +119,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"{key}={config[key]!r} must be >= 0 (0 = the whole split).")
   if config.learning_rate <= 0:
     raise ConfigError(f"learning_rate={config.learning_rate!r} must be positive.")
-  for key in ("steps", "eval_every", "log_every", "checkpoint_every", "warmup", "pruning_begin",
-              "pruning_frequency"):
-    parse_duration(config[key], 1, key)
+  parsing.check_durations(config, "steps", "eval_every", "log_every", "checkpoint_every", "warmup")
   for milestone in config.lr_milestones:
     parse_duration(milestone, 1, "lr_milestones")
-  parse_duration(config.pruning_end, 1, "pruning_end", total=1)
-  parse_duration(config.rewind, 1, "rewind")
-  if config.levels < 0 or config.replicates < 1:
-    raise ConfigError(f"levels={config.levels!r} must be >= 0 and replicates="
-                      f"{config.replicates!r} >= 1.")
-  if not 0.0 < config.prune_fraction < 1.0:
-    raise ConfigError(f"prune_fraction={config.prune_fraction!r} must lie in (0, 1).")
   if config.prune_exclude:
-    _check_regex("prune_exclude", config.prune_exclude)
-  parse_overrides(config.prune_fraction_overrides)
-  for control in config.controls:
-    if control not in CONTROLS:
-      raise ConfigError(f"controls: {control!r} is not one of {list(CONTROLS)}.")
-  if config.method == "imp" and config.distribution not in ("global", "uniform"):
-    raise ConfigError(f"distribution={config.distribution!r}: IMP prunes 'global'ly or "
-                      "layerwise ('uniform').")
-  if config.instability_alphas < 2:
-    raise ConfigError(f"instability_alphas={config.instability_alphas!r} must be >= 2.")
-
-
-def parse_overrides(text: str) -> dict[str, float]:
-  """``"output=0.1,conv1=0"`` -> {"output": 0.1, "conv1": 0.0} (path regex -> prune fraction)."""
-  out = {}
-  for item in filter(None, (part.strip() for part in text.split(","))):
-    pattern, sep, value = item.rpartition("=")
-    try:
-      fraction = float(value)
-    except ValueError:
-      fraction = -1.0
-    if not sep or not pattern or not 0.0 <= fraction < 1.0:
-      raise ConfigError(f"prune_fraction_overrides: {item!r} is not 'regex=fraction' with a "
-                        "fraction in [0, 1), e.g. 'output=0.1'.")
-    _check_regex("prune_fraction_overrides", pattern)
-    out[pattern] = fraction
-  return out
-
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ep|it|%)\s*$")
-
-
-def parse_duration(value: str, steps_per_epoch: int, key: str = "duration",
-                   total: int | None = None) -> int:
-  """``"40ep"`` -> 40 * steps_per_epoch, ``"500it"`` -> 500, ``"75%"`` -> 0.75 * total."""
-  match = _DURATION.match(str(value))
-  if not match or (match.group(2) == "%" and total is None):
-    allowed = "'40ep', '500it'" + (" or '75%'" if total is not None else "")
-    raise ConfigError(f"{key}={value!r} is not a duration; write it like {allowed}.")
-  number, unit = float(match.group(1)), match.group(2)
-  if unit == "it":
-    if number != int(number):
-      raise ConfigError(f"{key}={value!r}: iterations must be a whole number.")
-    return int(number)
-  if unit == "ep":
-    return int(round(number * steps_per_epoch))
-  return int(round(number / 100.0 * total))
+    parsing.check_regex("prune_exclude", config.prune_exclude)
+  for registry in (SPARSIFIERS, PROTOCOLS):
+    for entry in registry.entries():
+      if entry.validate is not None:
+        entry.validate(config)

@@ -9,14 +9,13 @@ stop the run with one line that names the problem; what the workdir already hold
 """
 
 import logging as std_logging
-import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments import data as data_lib
-from experiments import experiment, report
+from experiments import experiment, protocols
 from experiments.config import ConfigError, defaults
 from experiments.trainer import TrainingError
 
@@ -58,13 +57,23 @@ def main(argv):
   except USER_ERRORS as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
-  if "levels" in summary:  # a lottery-ticket run: the level table and the figure
-    print(report.markdown(summary))
-    print(f"figure: {os.path.join(FLAGS.workdir, 'report.png')}")
-    return
   logging.info("summary: %s", summary)
-  print(f"test accuracy {summary['test_accuracy']:.4f} at density {summary['density']:.4f}; "
-        f"results in {FLAGS.workdir}")
+  print(protocols.report(FLAGS.config.protocol, summary, FLAGS.workdir))
+
+
+def run(argv) -> None:
+  """The command line, callable from Python (e.g. after registering a sparsifier or protocol):
+  ``run(["main", "--config=c.py", "--workdir=w"])``."""
+  saved, sys.argv = sys.argv, list(argv)  # config_flags reads the overrides from sys.argv
+  level = logging.get_absl_logger().level  # parsing sets absl's verbosity: keep the caller's
+  try:
+    FLAGS.unparse_flags()
+    for name in [n for n in FLAGS if n.startswith("config.")]:  # an earlier run's overrides
+      delattr(FLAGS, name)
+    main(parse_flags(sys.argv))
+  finally:
+    sys.argv = saved
+    logging.get_absl_logger().setLevel(level)
 
 
 if __name__ == "__main__":

@@ -18,14 +18,26 @@ Architectures (``MODELS``):
   basic blocks with 16/32/64 filters, a 1x1 convolution + BatchNorm shortcut where the shape
   changes, global average pooling and one dense layer.
 
-Initializers:
+Initializers, chosen by name (:func:`build`'s ``model_init``, one of ``MODEL_INITS``) for every
+convolution and dense kernel; fans count a convolution's receptive field (fan_in = kh*kw*in):
 
-- LeNet-300-100 and Conv-2/4/6 use the Gaussian Glorot initialization of Frankle & Carbin (2019),
-  Appendix: ``glorot_normal`` (Glorot & Bengio 2010), as TensorFlow's ``glorot_normal``.
-- VGG and ResNet-20 use OpenLTH's defaults (``model_init='kaiming_normal'``,
-  ``batchnorm_init='uniform'``): kernels ~ N(0, 2 / fan_in) (He et al. 2015, as
-  ``torch.nn.init.kaiming_normal_``, not truncated); BatchNorm scales ~ U[0, 1) and shifts 0.
-- Biases start at zero in every model (OpenLTH keeps PyTorch's default U(+-1/sqrt(fan_in)) biases).
+- ``"default"``: each architecture's paper default. LeNet-300-100 and Conv-2/4/6 use
+  ``glorot_normal``, the Gaussian Glorot initialization of Frankle & Carbin (2019), Appendix; VGG
+  and ResNet-20 use ``kaiming_normal``, OpenLTH's ``model_init='kaiming_normal'``.
+- ``"kaiming_normal"``, ``"kaiming_uniform"``: He et al., "Delving Deep into Rectifiers", ICCV 2015:
+  N(0, 2 / fan_in) (not truncated) and U(-sqrt(6 / fan_in), sqrt(6 / fan_in)), as
+  ``torch.nn.init.kaiming_normal_`` / ``kaiming_uniform_`` with their defaults (fan_in, a=0).
+- ``"glorot_normal"``, ``"glorot_uniform"``: Glorot & Bengio, "Understanding the difficulty of
+  training deep feedforward neural networks", AISTATS 2010: variance 2 / (fan_in + fan_out); the
+  normal one truncated at two standard deviations (and rescaled to keep that variance) as
+  TensorFlow's ``glorot_normal``, the uniform one U(-b, b) with b = sqrt(6 / (fan_in + fan_out)).
+
+BatchNorm scales start ~ U[0, 1) and shifts at 0 whatever ``model_init`` (OpenLTH's
+``batchnorm_init='uniform'``). Biases (``bias_init``, one of ``BIAS_INITS``) start at ``"zeros"``,
+or with ``"pytorch"`` at PyTorch's default for ``nn.Linear`` / ``nn.Conv2d``:
+U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = in_features (dense) or in_channels*kh*kw (conv).
+OpenLTH keeps PyTorch's default biases, so its ``mnist_lenet_300_100`` preset initializes as
+``build("lenet300", ..., model_init="kaiming_normal", bias_init="pytorch")``.
 
 BatchNorm uses PyTorch's defaults, as OpenLTH: running-average momentum 0.1 (Flax ``momentum=0.9``)
 and epsilon 1e-5. Images are NHWC and kernels HWIO (Flax's defaults). 3x3 convolutions pad by 1 on
@@ -33,11 +45,13 @@ every side (PyTorch's ``padding=1``), also when strided. 2x2 max-pools use ``"SA
 even sizes this is PyTorch's ``MaxPool2d(2)``, and an odd size rounds up instead of down, so that
 any input size (8x8 digits, 28x28 Fashion-MNIST, 32x32 CIFAR) keeps at least one pixel.
 
-The library only sees pytrees: :func:`create` returns a :class:`Model` (the static
-``nnx.GraphDef``) and two plain nested dicts of arrays, ``params`` (every ``nnx.Param``) and
-``state`` (the BatchNorm running statistics, ``{}`` without BatchNorm), whose key paths read like
-``['dense1']['kernel']``. :meth:`Model.apply` is a pure function of them. The output layer is
-always the attribute ``output`` and every BatchNorm path contains ``bn``.
+The library only sees pytrees: :func:`build` returns a :class:`Model` (static: the
+``nnx.GraphDef``, no arrays) whose :meth:`Model.init` turns a ``jax.random`` key into two plain
+nested dicts of arrays, ``params`` (every ``nnx.Param``) and ``state`` (the BatchNorm running
+statistics, ``{}`` without BatchNorm), whose key paths read like ``['dense1']['kernel']``.
+``jax.vmap(model.init)`` over a batch of keys builds replicates. :meth:`Model.apply` is a pure
+function of them. The output layer is always the attribute ``output`` and every BatchNorm path
+contains ``bn``.
 """
 
 from __future__ import annotations
@@ -49,11 +63,17 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
-_glorot_normal = nnx.initializers.glorot_normal()
-_kaiming_normal = nnx.initializers.variance_scaling(2.0, "fan_in", "normal")
-_zeros = nnx.initializers.zeros_init()
+_KERNEL_INITS = {
+    "kaiming_normal": nnx.initializers.variance_scaling(2.0, "fan_in", "normal"),
+    "kaiming_uniform": nnx.initializers.variance_scaling(2.0, "fan_in", "uniform"),
+    "glorot_normal": nnx.initializers.glorot_normal(),
+    "glorot_uniform": nnx.initializers.glorot_uniform(),
+}
+MODEL_INITS: tuple[str, ...] = ("default", *_KERNEL_INITS)
+BIAS_INITS: tuple[str, ...] = ("zeros", "pytorch")
 
 _POOL = "M"
 _VGG_PLANS = {
@@ -80,14 +100,42 @@ _VGG_PLANS = {
 }
 
 
-def _dense(in_features: int, out_features: int, init, rngs: nnx.Rngs) -> nnx.Linear:
-  return nnx.Linear(in_features, out_features, kernel_init=init, bias_init=_zeros, rngs=rngs)
+@dataclasses.dataclass(frozen=True)
+class _Init:
+  """A model's initializers: ``kernel`` names one of ``_KERNEL_INITS``, ``bias`` one of
+  ``BIAS_INITS``."""
+
+  kernel: str
+  bias: str
+
+  def kernel_init(self) -> nnx.Initializer:
+    return _KERNEL_INITS[self.kernel]
+
+  def bias_init(self, fan_in: int) -> nnx.Initializer:
+    if self.bias == "zeros":
+      return nnx.initializers.zeros_init()
+    bound = 1 / math.sqrt(fan_in)
+
+    def pytorch_bias(key: jax.Array, shape, dtype=jnp.float32) -> jax.Array:
+      return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return pytorch_bias
+
+
+def _dense(in_features: int, out_features: int, init: _Init, rngs: nnx.Rngs) -> nnx.Linear:
+  return nnx.Linear(
+      in_features,
+      out_features,
+      kernel_init=init.kernel_init(),
+      bias_init=init.bias_init(in_features),
+      rngs=rngs,
+  )
 
 
 def _conv(
     in_features: int,
     out_features: int,
-    init,
+    init: _Init,
     rngs: nnx.Rngs,
     *,
     kernel_size: int = 3,
@@ -101,8 +149,8 @@ def _conv(
       strides=stride,
       padding=kernel_size // 2,
       use_bias=use_bias,
-      kernel_init=init,
-      bias_init=_zeros,
+      kernel_init=init.kernel_init(),
+      bias_init=init.bias_init(in_features * kernel_size * kernel_size),
       rngs=rngs,
   )
 
@@ -137,10 +185,10 @@ def _image_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
 class LeNet300(nnx.Module):
   """LeNet-300-100: flatten -> dense 300 -> relu -> dense 100 -> relu -> dense num_classes."""
 
-  def __init__(self, input_shape: Sequence[int], num_classes: int, rngs: nnx.Rngs):
-    self.dense1 = _dense(math.prod(input_shape), 300, _glorot_normal, rngs)
-    self.dense2 = _dense(300, 100, _glorot_normal, rngs)
-    self.output = _dense(100, num_classes, _glorot_normal, rngs)
+  def __init__(self, input_shape: Sequence[int], num_classes: int, init: _Init, rngs: nnx.Rngs):
+    self.dense1 = _dense(math.prod(input_shape), 300, init, rngs)
+    self.dense2 = _dense(300, 100, init, rngs)
+    self.output = _dense(100, num_classes, init, rngs)
 
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     del train  # No batch statistics.
@@ -156,20 +204,25 @@ class ConvNet(nnx.Module):
   dense 256 -> dense 256 -> dense num_classes, ReLU after every layer but the last."""
 
   def __init__(
-      self, widths: Sequence[int], input_shape: Sequence[int], num_classes: int, rngs: nnx.Rngs
+      self,
+      widths: Sequence[int],
+      input_shape: Sequence[int],
+      num_classes: int,
+      init: _Init,
+      rngs: nnx.Rngs,
   ):
     height, width, channels = _image_shape(input_shape)
     self.num_convs = 2 * len(widths)
     in_features = channels
     for index, features in enumerate((w for w in widths for _ in range(2)), start=1):
-      setattr(self, f"conv{index}", _conv(in_features, features, _glorot_normal, rngs))
+      setattr(self, f"conv{index}", _conv(in_features, features, init, rngs))
       in_features = features
     flat_features = (
         _pooled_size(height, len(widths)) * _pooled_size(width, len(widths)) * in_features
     )
-    self.dense1 = _dense(flat_features, 256, _glorot_normal, rngs)
-    self.dense2 = _dense(256, 256, _glorot_normal, rngs)
-    self.output = _dense(256, num_classes, _glorot_normal, rngs)
+    self.dense1 = _dense(flat_features, 256, init, rngs)
+    self.dense2 = _dense(256, 256, init, rngs)
+    self.output = _dense(256, num_classes, init, rngs)
 
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     del train  # No batch statistics.
@@ -186,8 +239,8 @@ class ConvNet(nnx.Module):
 class ConvBN(nnx.Module):
   """3x3 convolution (with bias) -> BatchNorm -> ReLU: one layer of OpenLTH's CIFAR VGG."""
 
-  def __init__(self, in_features: int, out_features: int, rngs: nnx.Rngs):
-    self.conv = _conv(in_features, out_features, _kaiming_normal, rngs)
+  def __init__(self, in_features: int, out_features: int, init: _Init, rngs: nnx.Rngs):
+    self.conv = _conv(in_features, out_features, init, rngs)
     self.bn = _batch_norm(out_features, rngs)
 
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -200,15 +253,20 @@ class VGG(nnx.Module):
   average pooling and one dense layer ``output``."""
 
   def __init__(
-      self, plan: Sequence[int | str], input_shape: Sequence[int], num_classes: int, rngs: nnx.Rngs
+      self,
+      plan: Sequence[int | str],
+      input_shape: Sequence[int],
+      num_classes: int,
+      init: _Init,
+      rngs: nnx.Rngs,
   ):
     *_, channels = _image_shape(input_shape)
     self.plan = tuple(plan)
     in_features = channels
     for index, features in enumerate((s for s in plan if s != _POOL), start=1):
-      setattr(self, f"layer{index}", ConvBN(in_features, features, rngs))
+      setattr(self, f"layer{index}", ConvBN(in_features, features, init, rngs))
       in_features = features
-    self.output = _dense(in_features, num_classes, _kaiming_normal, rngs)
+    self.output = _dense(in_features, num_classes, init, rngs)
 
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     index = 0
@@ -225,18 +283,18 @@ class BasicBlock(nnx.Module):
   """He et al. (2016) basic block: conv3x3 -> BN -> relu -> conv3x3 -> BN, plus the shortcut
   (identity, or 1x1 conv -> BN when the stride or width changes), then relu."""
 
-  def __init__(self, in_features: int, out_features: int, stride: int, rngs: nnx.Rngs):
-    self.conv1 = _conv(
-        in_features, out_features, _kaiming_normal, rngs, stride=stride, use_bias=False
-    )
+  def __init__(
+      self, in_features: int, out_features: int, stride: int, init: _Init, rngs: nnx.Rngs
+  ):
+    self.conv1 = _conv(in_features, out_features, init, rngs, stride=stride, use_bias=False)
     self.bn1 = _batch_norm(out_features, rngs)
-    self.conv2 = _conv(out_features, out_features, _kaiming_normal, rngs, use_bias=False)
+    self.conv2 = _conv(out_features, out_features, init, rngs, use_bias=False)
     self.bn2 = _batch_norm(out_features, rngs)
     if stride != 1 or in_features != out_features:
       self.shortcut_conv = _conv(
           in_features,
           out_features,
-          _kaiming_normal,
+          init,
           rngs,
           kernel_size=1,
           stride=stride,
@@ -266,6 +324,7 @@ class ResNet(nnx.Module):
       blocks_per_stage: int,
       input_shape: Sequence[int],
       num_classes: int,
+      init: _Init,
       rngs: nnx.Rngs,
   ):
     *_, channels = _image_shape(input_shape)
@@ -274,15 +333,19 @@ class ResNet(nnx.Module):
         for s in range(1, len(widths) + 1)
         for b in range(1, blocks_per_stage + 1)
     )
-    self.conv = _conv(channels, widths[0], _kaiming_normal, rngs, use_bias=False)
+    self.conv = _conv(channels, widths[0], init, rngs, use_bias=False)
     self.bn = _batch_norm(widths[0], rngs)
     in_features = widths[0]
     for stage, features in enumerate(widths, start=1):
       for block in range(1, blocks_per_stage + 1):
         stride = 2 if stage > 1 and block == 1 else 1
-        setattr(self, f"stage{stage}_block{block}", BasicBlock(in_features, features, stride, rngs))
+        setattr(
+            self,
+            f"stage{stage}_block{block}",
+            BasicBlock(in_features, features, stride, init, rngs),
+        )
         in_features = features
-    self.output = _dense(in_features, num_classes, _kaiming_normal, rngs)
+    self.output = _dense(in_features, num_classes, init, rngs)
 
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     x = nnx.relu(self.bn(self.conv(x), use_running_average=not train))
@@ -291,16 +354,17 @@ class ResNet(nnx.Module):
     return self.output(x.mean(axis=(1, 2)))
 
 
-_BUILDERS: dict[str, Callable[..., nnx.Module]] = {
-    "lenet300": LeNet300,
-    "conv2": functools.partial(ConvNet, (64,)),
-    "conv4": functools.partial(ConvNet, (64, 128)),
-    "conv6": functools.partial(ConvNet, (64, 128, 256)),
-    "vgg11": functools.partial(VGG, _VGG_PLANS["vgg11"]),
-    "vgg16": functools.partial(VGG, _VGG_PLANS["vgg16"]),
-    "resnet20": functools.partial(ResNet, (16, 32, 64), 3),
+# Each architecture's module and the kernel initializer ``model_init="default"`` stands for.
+_ARCHITECTURES: dict[str, tuple[Callable[..., nnx.Module], str]] = {
+    "lenet300": (LeNet300, "glorot_normal"),
+    "conv2": (functools.partial(ConvNet, (64,)), "glorot_normal"),
+    "conv4": (functools.partial(ConvNet, (64, 128)), "glorot_normal"),
+    "conv6": (functools.partial(ConvNet, (64, 128, 256)), "glorot_normal"),
+    "vgg11": (functools.partial(VGG, _VGG_PLANS["vgg11"]), "kaiming_normal"),
+    "vgg16": (functools.partial(VGG, _VGG_PLANS["vgg16"]), "kaiming_normal"),
+    "resnet20": (functools.partial(ResNet, (16, 32, 64), 3), "kaiming_normal"),
 }
-MODELS: tuple[str, ...] = tuple(_BUILDERS)
+MODELS: tuple[str, ...] = tuple(_ARCHITECTURES)
 
 
 def _split(module: nnx.Module) -> tuple[Any, dict, dict]:
@@ -309,17 +373,41 @@ def _split(module: nnx.Module) -> tuple[Any, dict, dict]:
   return graphdef, nnx.to_pure_dict(params), nnx.to_pure_dict(state)
 
 
+def _check_choice(what: str, value: str, valid: Sequence[str]) -> None:
+  if value not in valid:
+    raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(valid)}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Model:
-  """A model's static structure; its arrays live in the ``params`` and ``state`` dicts.
+  """A model's static structure, without arrays: :meth:`init` makes them, :meth:`apply` uses them.
 
-  Hashable, so it can be closed over or passed as a static argument of ``jax.jit``; models
-  built with the same name and shapes compare equal whatever their seed, so they share a
-  compiled step.
+  Hashable, so it can be closed over or passed as a static argument of ``jax.jit``. Models built
+  with the same name, shapes and initializers compare equal, so they share compiled steps;
+  ``model_init`` is the resolved kernel initializer (never ``"default"``).
   """
 
   name: str
-  graphdef: Any
+  num_classes: int
+  input_shape: tuple[int, ...]
+  model_init: str
+  bias_init: str
+  graphdef: Any = dataclasses.field(repr=False)
+  builder: Callable[[nnx.Rngs], nnx.Module] = dataclasses.field(
+      compare=False, hash=False, repr=False
+  )
+
+  def init(self, key: jax.Array) -> tuple[dict, dict]:
+    """``(params, state)`` drawn from the ``jax.random`` key ``key`` (typed or raw uint32).
+
+    ``params`` holds every trainable array (kernels, biases, BatchNorm scales and shifts),
+    ``state`` the BatchNorm running mean and variance (``{}`` for models without BatchNorm); both
+    are plain nested dicts of ``jax.Array``. The same key gives the same arrays (inside and
+    outside ``jit`` up to floating-point rounding). Pure: usable under ``jit``, and
+    ``jax.vmap(model.init)(keys)`` stacks one model per key.
+    """
+    _, params, state = _split(self.builder(nnx.Rngs(key)))
+    return params, state
 
   def apply(
       self, params: dict, state: dict, x: jax.Array, *, train: bool
@@ -339,18 +427,43 @@ class Model:
     return logits, new_state
 
 
-def create(
-    name: str, *, num_classes: int, input_shape: tuple[int, ...], seed: int
-) -> tuple[Model, dict, dict]:
-  """Builds model ``name`` for inputs of shape ``input_shape`` (one example, e.g. (28, 28, 1)).
+def build(
+    name: str,
+    *,
+    num_classes: int,
+    input_shape: Sequence[int],
+    model_init: str = "default",
+    bias_init: str = "zeros",
+) -> Model:
+  """The static model ``name`` for inputs of shape ``input_shape`` (one example, e.g.
+  (28, 28, 1)), with kernels initialized by ``model_init`` (one of ``MODEL_INITS``) and biases
+  by ``bias_init`` (one of ``BIAS_INITS``). Allocates no arrays; see :meth:`Model.init`."""
+  _check_choice("model", name, MODELS)
+  _check_choice("model_init", model_init, MODEL_INITS)
+  _check_choice("bias_init", bias_init, BIAS_INITS)
+  module_fn, default_init = _ARCHITECTURES[name]
+  kernel_init = default_init if model_init == "default" else model_init
+  input_shape = tuple(int(size) for size in input_shape)
+  builder = functools.partial(module_fn, input_shape, num_classes, _Init(kernel_init, bias_init))
+  graphdef = nnx.graphdef(nnx.eval_shape(lambda: builder(nnx.Rngs(0))))
+  return Model(name, num_classes, input_shape, kernel_init, bias_init, graphdef, builder)
 
-  Returns ``(model, params, state)``: ``params`` holds every trainable array (kernels, biases,
-  BatchNorm scales and shifts), ``state`` the BatchNorm running mean and variance (``{}`` for
-  models without BatchNorm); both are plain nested dicts of ``jax.Array``. The same ``seed``
-  gives the same arrays.
-  """
-  if name not in _BUILDERS:
-    raise ValueError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}")
-  module = _BUILDERS[name](tuple(input_shape), num_classes, nnx.Rngs(seed))
-  graphdef, params, state = _split(module)
-  return Model(name, graphdef), params, state
+
+def create(
+    name: str,
+    *,
+    num_classes: int,
+    input_shape: Sequence[int],
+    key: jax.Array,
+    model_init: str = "default",
+    bias_init: str = "zeros",
+) -> tuple[Model, dict, dict]:
+  """``(model, params, state)``: :func:`build`, then :meth:`Model.init` with ``key``."""
+  model = build(
+      name,
+      num_classes=num_classes,
+      input_shape=input_shape,
+      model_init=model_init,
+      bias_init=bias_init,
+  )
+  return (model, *model.init(key))

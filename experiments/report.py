@@ -8,11 +8,17 @@ per control, as in Frankle & Carbin 2019 (Figs. 3-5).
 
 from __future__ import annotations
 
+import io
 import os
 
+import matplotlib
+import matplotlib.ticker
 import numpy as np
 
-from experiments import experiment
+from experiments import workdir
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 (after choosing the backend)
 
 STATS = ("test_accuracy", "best_test_accuracy", "early_stop_step")
 
@@ -88,11 +94,6 @@ def markdown(summary: dict) -> str:
 
 
 def plot(summary: dict, path: str) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  import matplotlib.ticker
-
   rows = summary["levels"]
   fig, ax = plt.subplots(figsize=(7, 4.5))
   x = [100 * r["density"] for r in rows]
@@ -119,13 +120,18 @@ def plot(summary: dict, path: str) -> None:
   ax.grid(True, which="both", alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=120)
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png", dpi=120)
   plt.close(fig)
-  os.replace(tmp, path)
+  workdir.write_bytes(path, buffer.getvalue())
 
 
-def write(workdir: str, summary: dict) -> None:
-  """Writes ``report.md`` and ``report.png`` into ``workdir``."""
-  experiment.write_text(os.path.join(workdir, "report.md"), markdown(summary))
-  plot(summary, os.path.join(workdir, "report.png"))
+def write(directory: str, summary: dict) -> None:
+  """Writes ``report.md`` and ``report.png`` into ``directory``."""
+  workdir.write_text(os.path.join(directory, "report.md"), markdown(summary))
+  plot(summary, os.path.join(directory, "report.png"))
+
+
+def printed(summary: dict, directory: str) -> str:
+  """What the command line prints at the end of a lottery-ticket run: the table and the figure."""
+  return f"{markdown(summary)}\nfigure: {os.path.join(directory, 'report.png')}"

@@ -6,14 +6,17 @@ the device from device-resident arrays in an order that is a pure function of
 ``(data_key, epoch, step)``; together with the checkpointed state this makes a resumed run
 bitwise identical to an uninterrupted one on CPU.
 
+The trainer knows no method: it trains a state with a :class:`~experiments.sparsifiers.Sparsifier`
+(an optax transformation, a forward-time function applied to the params inside the loss, and a
+mask readout) and writes what it is told through :mod:`experiments.workdir`.
+
 The state is a plain dict (``step``, ``params``, ``model_state``, ``opt_state``, ``data_key``,
-``aug_key``) so orbax can checkpoint it and IMP (``experiments.imp``) can rewind it.
+``aug_key``) so orbax can checkpoint it and protocols (IMP) can rewind it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
@@ -24,15 +27,15 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-import orbax.checkpoint as ocp
 from absl import logging
 from jax import lax
 
 from experiments import data as data_lib
-from experiments import models
-from experiments.config import ConfigError, parse_duration
+from experiments import models, rng
+from experiments.parsing import ConfigError, parse_duration
+from experiments.sparsifiers import Sparsifier
+from experiments.workdir import Checkpoints, MetricWriter
 from sparsejax import masks as masks_lib
-from sparsejax import transforms
 
 PyTree = Any
 EVAL_BATCH = 1000
@@ -113,10 +116,20 @@ class Task:
     return cross_entropy(logits, y), (logits, new_state)
 
 
-def make_train_steps(task: Task, optimizer: optax.GradientTransformation) -> Callable:
-  """``train_steps(state, n) -> (state, (loss_sum, correct_sum))``: n steps in one jitted loop."""
+def make_train_steps(task: Task, sparsifier: Sparsifier) -> Callable:
+  """``train_steps(state, n) -> (state, (loss_sum, correct_sum))``: n steps in one jitted loop.
+
+  The loss is computed on ``sparsifier.forward(params, opt_state, step)`` (the effective params:
+  the params themselves for mask-based methods), and its gradient with respect to the params
+  goes to ``sparsifier.tx``.
+  """
   data, spe, bs = task.data, task.durations.steps_per_epoch, task.batch_size
-  grad_fn = jax.value_and_grad(task.loss, has_aux=True)
+  optimizer, forward = sparsifier.tx, sparsifier.forward
+
+  def loss(params, opt_state, step, model_state, x, y):
+    return task.loss(forward(params, opt_state, step), model_state, x, y, True)
+
+  grad_fn = jax.value_and_grad(loss, has_aux=True)
 
   def one_step(i, carry):
     state, perm, loss_sum, correct = carry
@@ -129,7 +142,8 @@ def make_train_steps(task: Task, optimizer: optax.GradientTransformation) -> Cal
     if task.augment:
       x = data_lib.augment(jax.random.fold_in(state["aug_key"], step), x)
     params = state["params"]
-    (loss, (logits, model_state)), grads = grad_fn(params, state["model_state"], x, y, True)
+    (loss, (logits, model_state)), grads = grad_fn(params, state["opt_state"], step,
+                                                   state["model_state"], x, y)
     updates, opt_state = optimizer.update(grads, state["opt_state"], params)
     new_state = dict(state, step=step + 1, params=optax.apply_updates(params, updates),
                      model_state=model_state, opt_state=opt_state)
@@ -169,17 +183,20 @@ def make_evaluate(task: Task) -> Callable:
   return evaluate
 
 
-def init_state(params, model_state, optimizer, seed: int, data_seed: int | None = None) -> dict:
-  """The training state at step 0; the data order comes from ``data_seed`` (default: seed)."""
-  root = jax.random.PRNGKey(seed)
-  data_key = jax.random.fold_in(jax.random.PRNGKey(seed if data_seed is None else data_seed), 1)
+def init_state(params, model_state, optimizer: optax.GradientTransformation, key: jax.Array,
+               data_key: jax.Array | None = None) -> dict:
+  """The training state at step 0 of a run with key ``key``.
+
+  The data order comes from ``data_key`` (default: the run's ``"data"`` stream), the
+  augmentation from its ``"augment"`` stream.
+  """
   return {
       "step": jnp.int32(0),
       "params": params,
       "model_state": model_state,
       "opt_state": optimizer.init(params),
-      "data_key": data_key,
-      "aug_key": jax.random.fold_in(root, 2),
+      "data_key": rng.stream(key, "data") if data_key is None else data_key,
+      "aug_key": rng.stream(key, "augment"),
   }
 
 
@@ -189,79 +206,15 @@ def density(masks: PyTree) -> float:
   return int(kept) / total
 
 
-def masks_of(state: dict, prunable: masks_lib.Prunable = None) -> PyTree:
-  """The masks in the optimizer state, or all-ones masks for a dense run."""
-  try:
-    return transforms.get_masks(state["opt_state"])
-  except ValueError:
-    return masks_lib.ones_like(state["params"], prunable)
+def evaluate_state(evaluate: Callable, sparsifier: Sparsifier, state: dict):
+  """``evaluate`` on the network the state computes: its effective params."""
+  params = sparsifier.forward(state["params"], state["opt_state"], state["step"])
+  return evaluate(params, state["model_state"])
 
 
-# ---------------------------------------------------------------------------------------------
-# Outputs: metrics (JSON lines + TensorBoard) and checkpoints.
-
-
-class MetricWriter:
-  """Appends metric rows to ``metrics.jsonl`` and TensorBoard event files in ``directory``.
-
-  ``resume_step`` is the step of the checkpoint the run resumes from, or None for a run from
-  scratch: rows and events after it belong to work that is redone now, so they are dropped
-  (TensorBoard's ``purge_step`` hides the events).
-  """
-
-  def __init__(self, directory: str, resume_step: int | None):
-    from tensorboardX import SummaryWriter
-    self.path = os.path.join(directory, "metrics.jsonl")
-    if os.path.exists(self.path):
-      with open(self.path) as f:
-        kept = [line for line in f
-                if resume_step is not None and json.loads(line)["step"] <= resume_step]
-      tmp = self.path + ".tmp"
-      with open(tmp, "w") as f:
-        f.writelines(kept)
-      os.replace(tmp, self.path)
-    purge_step = 0 if resume_step is None else resume_step + 1
-    # Event files are named by the second they are opened in; the suffix keeps a file opened in
-    # the same second by an earlier training of this directory from being overwritten.
-    self.tb = SummaryWriter(os.path.join(directory, "tensorboard"), purge_step=purge_step,
-                            filename_suffix=f".from_step_{purge_step}")
-
-  def write(self, step: int, **metrics):
-    with open(self.path, "a") as f:
-      f.write(json.dumps({"step": step, **metrics}) + "\n")
-    for name, value in metrics.items():
-      self.tb.add_scalar(name, value, step)
-
-  def close(self):
-    self.tb.close()
-
-
-class Checkpoints:
-  """Atomic orbax checkpoints of the training state plus a JSON record of the run so far."""
-
-  def __init__(self, directory: str, max_to_keep: int = 2):
-    self.manager = ocp.CheckpointManager(
-        os.path.abspath(directory),
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                             enable_async_checkpointing=False),
-        item_names=("state", "record"))
-
-  def latest_step(self) -> int | None:
-    return self.manager.latest_step()
-
-  def save(self, step: int, state: dict, record: dict):
-    self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                    record=ocp.args.JsonSave(record)), force=True)
-    self.manager.wait_until_finished()
-
-  def restore(self, step: int, target: dict) -> tuple[dict, dict]:
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), record=ocp.args.JsonRestore()))
-    return restored["state"], restored["record"]
-
-  def close(self):
-    self.manager.close()
+def masks_of(sparsifier: Sparsifier, state: dict) -> PyTree:
+  """The masks the sparsifier holds in the state."""
+  return sparsifier.masks(state["opt_state"], state["params"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,10 +247,13 @@ def _format_eta(seconds: float) -> str:
   return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def train(task: Task, train_steps: Callable, evaluate: Callable, state: dict, workdir: str, *,
-          end_step: int | None = None, prunable: masks_lib.Prunable = None,
+def train(task: Task, sparsifier: Sparsifier, train_steps: Callable, evaluate: Callable,
+          state: dict, workdir: str, *, end_step: int | None = None,
           label: str = "") -> tuple[dict, dict]:
   """Trains ``state`` up to ``end_step`` (default: the config's total), resuming from ``workdir``.
+
+  ``train_steps`` is :func:`make_train_steps` of ``sparsifier``; ``evaluate`` is
+  :func:`make_evaluate`, called on the effective params.
 
   Returns the final state and a summary dict (test accuracy, best accuracy, early-stop step,
   density, steps, wall seconds). Everything is written under ``workdir``: ``checkpoints/``,
@@ -327,7 +283,7 @@ def train(task: Task, train_steps: Callable, evaluate: Callable, state: dict, wo
 
   try:
     if not record.evals:
-      test_loss, test_acc = (float(v) for v in evaluate(state["params"], state["model_state"]))
+      test_loss, test_acc = (float(v) for v in evaluate_state(evaluate, sparsifier, state))
       record.evals.append([step, test_loss, test_acc])
       writer.write(step, test_loss=test_loss, test_accuracy=test_acc)
     while step < end:
@@ -345,14 +301,14 @@ def train(task: Task, train_steps: Callable, evaluate: Callable, state: dict, wo
       if step % d.log_every == 0 or step == end:
         now = time.time()
         rate = (step - last_log_step) / max(now - last_log_time, 1e-9)
-        density_now = density(masks_of(state, prunable))
+        density_now = density(masks_of(sparsifier, state))
         metrics.update(train_loss=record.train_loss_sum / record.train_steps,
                        train_accuracy=record.train_correct / (record.train_steps * task.batch_size),
                        density=density_now, steps_per_second=rate)
         record.train_loss_sum, record.train_correct, record.train_steps = 0.0, 0, 0
         last_log_time, last_log_step = now, step
       if step % d.eval_every == 0 or step == end:
-        test_loss, test_acc = (float(v) for v in evaluate(state["params"], state["model_state"]))
+        test_loss, test_acc = (float(v) for v in evaluate_state(evaluate, sparsifier, state))
         record.evals.append([step, test_loss, test_acc])
         metrics.update(test_loss=test_loss, test_accuracy=test_acc)
       if metrics:
@@ -373,7 +329,7 @@ def train(task: Task, train_steps: Callable, evaluate: Callable, state: dict, wo
     checkpoints.close()
 
   final_loss, final_acc = record.evals[-1][1], record.evals[-1][2]
-  masks = masks_of(state, prunable)
+  masks = masks_of(sparsifier, state)
   summary = {
       "density": density(masks),
       "test_accuracy": final_acc,

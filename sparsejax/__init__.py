@@ -6,6 +6,7 @@ an optax transformation over (params, masks, step).
 
 from sparsejax import connectivity
 from sparsejax import distributions
+from sparsejax import files
 from sparsejax import lottery
 from sparsejax import masks
 from sparsejax import pruning
@@ -16,4 +17,5 @@ from sparsejax import transforms
 
 __version__ = "0.1.0"
 
-__all__ = ["connectivity", "distributions", "lottery", "masks", "pruning", "schedules", "scores", "selection", "transforms"]
+__all__ = ["connectivity", "distributions", "files", "lottery", "masks", "pruning", "schedules",
+           "scores", "selection", "transforms"]

@@ -57,15 +57,17 @@ def error_barrier(error_fn: Callable[[PyTree], Any], params_a: PyTree, params_b:
   return Barrier([float(a) for a in alphas], errors, barrier, barrier < STABLE_BARRIER)
 
 
-def instability(train_fn: Callable[[PyTree, int], PyTree], start_params: PyTree,
-                error_fn: Callable[[PyTree], Any], data_seeds: Sequence[int] = (1, 2),
+def instability(train_fn: Callable[[PyTree, Any], PyTree], start_params: PyTree,
+                error_fn: Callable[[PyTree], Any], copies: Sequence[Any] = (1, 2),
                 num_alphas: int = 30) -> Barrier:
-  """Trains two copies of ``start_params`` with different data orders and measures the barrier.
+  """Trains two copies of ``start_params`` with different SGD noise and measures the barrier.
 
-  ``train_fn(params, data_seed) -> trained params`` trains with the data order of ``data_seed``;
-  as in :func:`error_barrier`, ``start_params`` may hold the BatchNorm statistics too.
+  ``train_fn(params, copy) -> trained params`` trains one copy; ``copies`` are the two labels it
+  gets, ints or ``jax.random`` keys (e.g. ``jax.random.split(key)``) that choose each copy's data
+  order. As in :func:`error_barrier`, ``start_params`` may hold the BatchNorm statistics too.
   """
-  if len(data_seeds) != 2:
-    raise ValueError(f"data_seeds={data_seeds!r} must hold two seeds, one per copy.")
-  a, b = (train_fn(start_params, seed) for seed in data_seeds)
+  if len(copies) != 2:
+    raise ValueError(f"copies={copies!r} must hold two labels, one per copy (e.g. two data-order "
+                     "seeds or keys).")
+  a, b = (train_fn(start_params, copy) for copy in copies)
   return error_barrier(error_fn, a, b, num_alphas)

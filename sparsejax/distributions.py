@@ -113,6 +113,8 @@ def global_magnitude(params: PyTree, sparsity: Any, prunable: masks_lib.Prunable
                                   for (path, _), m in zip(pairs, kept)})
 
 
+# The layerwise distributions by name: what :func:`get` (and ``pruning.prune``, besides 'global')
+# accepts.
 DISTRIBUTIONS = {"uniform": uniform, "er": er, "erk": erk}
 
 
@@ -128,23 +130,16 @@ def get(name: str):
 
 def validate_densities(params: PyTree, densities: PyTree) -> None:
   """Raises ValueError if ``densities`` is not a pytree of scalars shaped like ``params``."""
-  p_def, d_def = jax.tree.structure(params), jax.tree.structure(densities)
-  if p_def != d_def:
-    p_paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
-    d_paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(densities)]
-    shorter = min(len(p_paths), len(d_paths))
-    extra = d_paths[shorter:] or p_paths[shorter:] or [f"the containers ({d_def} vs {p_def})"]
-    bad = next((f"{d} (params: {p})" for p, d in zip(p_paths, d_paths) if p != d), extra[0])
-    raise ValueError(
-        f"densities do not match params: first mismatch at {bad} ({len(d_paths)} density leaves, "
-        f"{len(p_paths)} param leaves). Build them with distributions.uniform/er/erk(params, ...).")
-  for path, d in jax.tree_util.tree_leaves_with_path(densities):
+  leaves = masks_lib.check_structure(
+      params, densities, "params", "densities",
+      "Build them with distributions.uniform/er/erk(params, ...).")
+  for path, _, d in leaves:
     if np.ndim(d) != 0:
-      raise ValueError(f"density at {jax.tree_util.keystr(path)} has shape {np.shape(d)}; "
-                       "a density is one scalar per leaf.")
+      raise ValueError(f"density at {path} has shape {np.shape(d)}; a density is one scalar per "
+                       "leaf.")
     try:
       value = float(d)
     except (TypeError, jax.errors.ConcretizationTypeError):
       continue
     if not 0.0 <= value <= 1.0:
-      raise ValueError(f"density {value!r} at {jax.tree_util.keystr(path)} is outside [0, 1].")
+      raise ValueError(f"density {value!r} at {path} is outside [0, 1].")

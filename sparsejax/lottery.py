@@ -15,7 +15,8 @@ rewinding to iteration k). One level of IMP:
 Pure steps (:func:`prune_level`, :func:`rewind`, the controls) plus :func:`run`, a resumable
 driver that is independent of any training loop: the caller passes ``train(params, masks, level,
 start_step) -> (params, metrics, rewind_params)``. Every finished level is written atomically to a
-directory, so a killed run resumes at the first unfinished level.
+directory (:mod:`sparsejax.files`: path-keyed arrays, written by process 0 only), so a killed run
+resumes at the first unfinished level.
 
 Controls (Frankle & Carbin 2019, Sec. 2-3): random re-initialization (same mask, fresh init),
 random masks with the ticket's per-layer densities (layerwise shuffle), or with only its global
@@ -27,7 +28,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -35,17 +35,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sparsejax import files
 from sparsejax import masks as masks_lib
-from sparsejax import selection
+from sparsejax import pruning
+from sparsejax import schedules
+from sparsejax import scores
 
 PyTree = Any
 Fractions = Mapping[str, float]  # regex on the param path -> prune fraction for matching leaves
 
 
-def _check_fraction(value: float, name: str) -> None:
-  if not 0.0 <= value < 1.0:
-    raise ValueError(f"{name}={value!r} must lie in [0, 1): the fraction of surviving weights "
-                     "pruned per level (0.2 in the LTH papers).")
+def _override(path: str, overrides: Fractions) -> float | None:
+  """The fraction of the first override whose regex matches ``path``, if any."""
+  return next((v for pattern, v in overrides.items() if re.search(pattern, path)), None)
 
 
 def layer_fractions(masks: PyTree, prune_fraction: float,
@@ -55,15 +57,16 @@ def layer_fractions(masks: PyTree, prune_fraction: float,
   ``overrides={"output": 0.1}`` prunes leaves whose path matches ``output`` by 10% per level
   (the LTH paper's LeNet setting); a fraction of 0 never prunes them.
   """
-  _check_fraction(prune_fraction, "prune_fraction")
+  schedules.check_prune_fraction(prune_fraction)
   overrides = dict(overrides or {})
   for pattern, value in overrides.items():
-    _check_fraction(value, f"fraction for {pattern!r}")
+    schedules.check_prune_fraction(value, f"fraction for {pattern!r}")
   out = {}
   for path, m in jax.tree_util.tree_leaves_with_path(masks):
     if masks_lib.is_prunable_mask(m):
       p = jax.tree_util.keystr(path)
-      out[p] = next((v for pat, v in overrides.items() if re.search(pat, p)), prune_fraction)
+      fraction = _override(p, overrides)
+      out[p] = prune_fraction if fraction is None else fraction
   unused = [pat for pat in overrides if not any(re.search(pat, p) for p in out)]
   if unused:
     raise ValueError(f"fraction override(s) {unused} match no prunable leaf; prunable paths: "
@@ -86,44 +89,48 @@ def prune_level(params: PyTree, masks: PyTree, prune_fraction: float, *, mode: s
     level: L >= 1, the IMP level these masks are for (``masks`` being those of level L - 1).
 
   With ``level``, each leaf of n weights (or the global pool of N weights) keeps exactly
-  ``round(n * (1 - p)^L)``: the count comes from the original size, not from the survivors, so
-  the density after level L is (1 - p)^L within half a weight at every level (rounding the
-  survivors at every level would drift by up to half a weight per level). Without ``level``, it
-  keeps ``round((1 - p) * surviving)``. Never more than survive (pruned weights stay pruned);
-  ``round`` rounds half to even.
+  ``round(n * (1 - p)^L)`` (:func:`sparsejax.schedules.imp_density`): the count comes from the
+  original size, not from the survivors, so the density after level L is (1 - p)^L within half a
+  weight at every level (rounding the survivors at every level would drift by up to half a
+  weight per level). Without ``level``, it keeps ``round((1 - p) * surviving)``. Never more than
+  survive (pruned weights stay pruned); ``round`` rounds half to even. The selection is
+  :func:`sparsejax.pruning.global_count` over the pool and
+  :func:`sparsejax.pruning.layerwise_counts` over the other leaves.
   """
   if mode not in ("global", "layerwise"):
     raise ValueError(f"mode={mode!r} must be 'global' or 'layerwise'.")
   if level is not None and level < 1:
     raise ValueError(f"level={level!r} must be >= 1 (level 0 is the dense network).")
   masks_lib.validate(params, masks)
+  overrides = dict(overrides or {})
   fractions = layer_fractions(masks, prune_fraction, overrides)
-  leaves = jax.tree_util.tree_leaves_with_path(params)
-  mask_leaves, treedef = jax.tree.flatten(masks)
-  keys, own, pool = {}, [], []
-  for i, ((path, p), m) in enumerate(zip(leaves, mask_leaves)):
-    if not masks_lib.is_prunable_mask(m):
-      continue
-    keys[i] = selection.order_keys(jnp.abs(p), m)
-    name = jax.tree_util.keystr(path)
-    overridden = overrides and any(re.search(pat, name) for pat in overrides)
-    (pool if mode == "global" and not overridden else own).append((i, fractions[name]))
+  pool = {p for p in fractions if mode == "global" and _override(p, overrides) is None}
+  own = set(fractions) - pool
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(masks)
+  names = [jax.tree_util.keystr(p) for p, _ in leaves]
+  old = dict(zip(names, (m for _, m in leaves)))
 
-  def kept_count(idx, frac):
+  def kept(paths, fraction):
     if level is not None:
-      return round(sum(mask_leaves[i].size for i in idx) * (1.0 - frac) ** level)
-    surviving = sum(jnp.sum(mask_leaves[i], dtype=jnp.int32) for i in idx)
-    return jnp.round((1.0 - frac) * surviving).astype(jnp.int32)
+      return round(sum(old[p].size for p in paths) * schedules.imp_density(level, fraction))
+    surviving = sum(jnp.sum(old[p], dtype=jnp.int32) for p in paths)
+    return jnp.round((1.0 - fraction) * surviving).astype(jnp.int32)
 
-  out = list(mask_leaves)
+  def only(selected):  # the masks with the leaves outside ``selected`` marked never pruned
+    return jax.tree.unflatten(treedef, [old[n] if n in selected else jnp.array(True)
+                                        for n in names])
+
+  magnitudes = scores.magnitude(params)
+  new = dict(old)
   if pool:
-    idx = [i for i, _ in pool]
-    for i, m in zip(idx, selection.top_k_masks([keys[i] for i in idx],
-                                               kept_count(idx, prune_fraction))):
-      out[i] = m
-  for i, frac in own:
-    out[i] = selection.top_k_masks([keys[i]], kept_count([i], frac))[0]
-  return jax.tree.unflatten(treedef, out)
+    pooled = pruning.global_count(magnitudes, kept(pool, prune_fraction), only(pool))
+    new.update((n, m) for n, m in zip(names, jax.tree.leaves(pooled)) if n in pool)
+  if own:
+    counts = jax.tree.unflatten(treedef, [kept([n], fractions[n]) if n in own else 0
+                                          for n in names])
+    separate = pruning.layerwise_counts(magnitudes, counts, only(own))
+    new.update((n, m) for n, m in zip(names, jax.tree.leaves(separate)) if n in own)
+  return jax.tree.unflatten(treedef, [new[n] for n in names])
 
 
 def rewind(rewind_params: PyTree, masks: PyTree) -> PyTree:
@@ -153,12 +160,6 @@ def shuffle_global(key: jax.Array, masks: PyTree) -> PyTree:
   return jax.tree.unflatten(treedef, out)
 
 
-def densities(levels: int, prune_fraction: float) -> list[float]:
-  """Density of the uniformly pruned leaves after each level 0..levels: (1 - p)^L."""
-  _check_fraction(prune_fraction, "prune_fraction")
-  return [(1.0 - prune_fraction) ** level for level in range(levels + 1)]
-
-
 # ---------------------------------------------------------------------------------------------
 # A resumable driver over levels.
 
@@ -174,43 +175,17 @@ class Level(NamedTuple):
 TrainFn = Callable[..., tuple[PyTree, dict, PyTree | None]]
 
 
-def _save_tree(path: str, tree: PyTree) -> None:
-  arrays = {str(i): np.asarray(x) for i, x in enumerate(jax.tree.leaves(tree))}
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".npz")
-  os.close(fd)
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
-
-
-def _load_tree(path: str, like: PyTree) -> PyTree:
-  with np.load(path) as f:
-    leaves = [jnp.asarray(f[str(i)]) for i in range(len(f.files))]
-  treedef = jax.tree.structure(like)
-  if treedef.num_leaves != len(leaves):
-    raise ValueError(f"{path} holds {len(leaves)} arrays but the params have "
-                     f"{treedef.num_leaves} leaves: it was written for another model.")
-  for (key, ref), x in zip(jax.tree_util.tree_leaves_with_path(like), leaves):
-    if np.shape(ref) != x.shape:
-      raise ValueError(f"{path} holds shape {x.shape} for {jax.tree_util.keystr(key)} but the "
-                       f"params have {np.shape(ref)}: it was written for another model.")
-  return jax.tree.unflatten(treedef, leaves)
-
-
 def _check_settings(directory: str, settings: dict) -> None:
   """Records the pruning settings of a run; a resumed run must use the same ones."""
   path = os.path.join(directory, "imp_settings.json")
-  if os.path.exists(path):
-    with open(path) as f:
-      previous = json.load(f)
-    differing = {k: (previous.get(k), v) for k, v in settings.items() if previous.get(k) != v}
-    if differing:
-      raise ValueError(f"{directory} holds IMP levels made with other settings "
-                       f"(name: (stored, given)): {differing}; use a new directory.")
+  previous = files.read_json(path)
+  if previous is None:
+    files.write_json(path, settings)
     return
-  fd, tmp = tempfile.mkstemp(dir=directory, suffix=".json")
-  with os.fdopen(fd, "w") as f:
-    json.dump(settings, f)
-  os.replace(tmp, path)
+  differing = {k: (previous.get(k), v) for k, v in settings.items() if previous.get(k) != v}
+  if differing:
+    raise ValueError(f"{directory} holds IMP levels made with other settings "
+                     f"(name: (stored, given)): {differing}; use a new directory.")
 
 
 def level_dir(directory: str, level: int) -> str:
@@ -229,8 +204,11 @@ def run(train: TrainFn, init_params: PyTree, directory: str, *, levels: int,
       ``start_step`` to the end. At level 0 (dense, start_step 0) ``rewind_params`` must be the
       weights at ``rewind_step`` (theta_k); at later levels it is ignored.
     init_params: theta_0.
-    directory: where each finished level is stored (``level_L/``: masks, start and final params,
-      metrics); an existing directory is resumed.
+    directory: where each finished level is stored (``level_L/``: ``masks.npz``,
+      ``start_params.npz``, ``final_params.npz`` keyed by param path, and ``level.json`` with the
+      metrics, written last), with ``rewind_params.npz`` (theta_k) and ``imp_settings.json``; an
+      existing directory is resumed. Every process trains; only process 0 writes
+      (:func:`sparsejax.files.is_writer`), and no process reads back what this run wrote.
     levels: the last level (level 0 is the dense run).
     prune_fraction, mode, overrides: see :func:`prune_level`; level L keeps
       ``round(n * (1 - p)^L)`` of every leaf's (or the global pool's) n weights.
@@ -253,16 +231,16 @@ def run(train: TrainFn, init_params: PyTree, directory: str, *, levels: int,
                               "mode": mode, "overrides": dict(overrides or {})})
   masks_like = masks_lib.ones_like(init_params, prunable)
   rewind_path = os.path.join(directory, "rewind_params.npz")
+  theta_k = None  # read from the directory only when level 0 is not trained now
   results: list[Level] = []
   for level in range(levels + 1):
     d = level_dir(directory, level)
-    done = os.path.join(d, "level.json")
-    if os.path.exists(done):
-      with open(done) as f:
-        metrics = json.load(f)["metrics"]
-      result = Level(level, _load_tree(os.path.join(d, "masks.npz"), masks_like),
-                     _load_tree(os.path.join(d, "start_params.npz"), init_params),
-                     _load_tree(os.path.join(d, "final_params.npz"), init_params), metrics)
+    done = files.read_json(os.path.join(d, "level.json"))
+    if done is not None:
+      result = Level(level, files.load_arrays(os.path.join(d, "masks.npz"), masks_like),
+                     files.load_arrays(os.path.join(d, "start_params.npz"), init_params),
+                     files.load_arrays(os.path.join(d, "final_params.npz"), init_params),
+                     done["metrics"])
     else:
       os.makedirs(d, exist_ok=True)
       if level == 0:
@@ -271,24 +249,25 @@ def run(train: TrainFn, init_params: PyTree, directory: str, *, levels: int,
         previous = results[-1]
         masks = prune_level(previous.final_params, previous.masks, prune_fraction, mode=mode,
                             overrides=overrides, level=level)
-        start = rewind(_load_tree(rewind_path, init_params), masks)
+        if theta_k is None:
+          theta_k = files.load_arrays(rewind_path, init_params)
+        start = rewind(theta_k, masks)
       final, metrics, rewind_params = train(start, masks, level=level,
                                             start_step=0 if level == 0 else rewind_step)
       if level == 0:
         if rewind_params is None:
           raise ValueError("train must return the weights at rewind_step at level 0.")
-        _save_tree(rewind_path, rewind_params)
+        theta_k = rewind_params
+        files.save_arrays(rewind_path, theta_k)
       for name, tree in (("masks", masks), ("start_params", start), ("final_params", final)):
-        _save_tree(os.path.join(d, f"{name}.npz"), tree)
+        files.save_arrays(os.path.join(d, f"{name}.npz"), tree)
       kept, total = masks_lib.count(masks)
       # Through JSON now, so that a level run now and one loaded on resume hold the same values
       # (and jax / numpy scalars are stored instead of failing after the level has trained).
       metrics = json.loads(json.dumps({"density": int(kept) / total, **metrics},
                                       default=lambda x: np.asarray(x).tolist()))
-      fd, tmp = tempfile.mkstemp(dir=d, suffix=".json")
-      with os.fdopen(fd, "w") as f:
-        json.dump({"level": level, "metrics": metrics}, f, indent=2)
-      os.replace(tmp, done)  # written last: the level counts as finished only now
+      # Written last: the level counts as finished only now.
+      files.write_json(os.path.join(d, "level.json"), {"level": level, "metrics": metrics})
       result = Level(level, masks, start, final, metrics)
     results.append(result)
     if on_level is not None:

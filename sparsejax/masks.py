@@ -13,13 +13,17 @@ Which leaves are prunable is a rule on the key path (``jax.tree_util.keystr``) a
 * a callable ``(path: str, leaf) -> bool``;
 * :func:`rule` combines the default with include / exclude regexes, e.g.
   ``rule(exclude="output")`` keeps the output layer dense.
+
+The library's argument checks live here too: :func:`check_fraction` (a value in [0, 1)) and
+:func:`check_structure` / :func:`check_paths` (two trees, or a tree and a file, hold the same key
+paths; the error names the first path that differs).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Union
 
 import jax
@@ -37,22 +41,29 @@ _NEVER_PRUNED = re.compile(
     r"(?i)(?<![a-z])(bias(es)?|scales?|batch_?stats?|bn|ln|gn|[a-z]*norm(alization)?)(?![a-z])")
 
 
-def check_sparsity(sparsity: Any, name: str = "sparsity") -> None:
-  """Raises ValueError if a concrete sparsity is not a scalar in [0, 1); traced values pass."""
-  if isinstance(sparsity, jax.core.Tracer):
+def check_fraction(value: Any, name: str, hint: str = "") -> None:
+  """Raises unless a concrete ``value`` is a scalar in [0, 1); traced values pass.
+
+  The library's one range check for fractions (sparsities, IMP prune fractions); the error names
+  ``name``, the value and the range, then ``hint`` (what the value means).
+  """
+  if isinstance(value, jax.core.Tracer):
     return
-  if np.ndim(sparsity) != 0:
-    raise ValueError(
-        f"{name} must be a scalar, got an array of shape {np.shape(sparsity)}: it is one fraction "
-        "of prunable weights removed (per-layer densities come from sparsejax.distributions).")
-  try:
-    value = float(sparsity)
-  except TypeError:
-    raise TypeError(f"{name}={sparsity!r} is not a number.") from None
-  if not 0.0 <= value < 1.0:
-    raise ValueError(
-        f"{name}={value!r} is outside [0, 1): it is the fraction of prunable weights removed, "
-        "e.g. 0.9 keeps 10% of them.")
+  hint = f" {hint}" if hint else ""
+  if np.ndim(value) != 0:
+    raise ValueError(f"{name} must be a scalar, got an array of shape {np.shape(value)}.{hint}")
+  if np.asarray(value).dtype.kind not in "iuf":
+    raise TypeError(f"{name}={value!r} is not a number.")
+  number = float(value)
+  if not 0.0 <= number < 1.0:
+    raise ValueError(f"{name}={number!r} is outside [0, 1).{hint}")
+
+
+def check_sparsity(sparsity: Any, name: str = "sparsity") -> None:
+  """:func:`check_fraction` for a sparsity: the fraction of prunable weights removed."""
+  check_fraction(
+      sparsity, name, "A sparsity is one fraction of the prunable weights removed, e.g. 0.9 keeps "
+      "10% of them (per-layer densities come from sparsejax.distributions).")
 
 
 def default_prunable(path: str, leaf: Any) -> bool:
@@ -129,29 +140,42 @@ def is_prunable_mask(mask_leaf: Any) -> bool:
   return np.ndim(mask_leaf) > 0
 
 
-def _check_structure(reference: PyTree, tree: PyTree, ref_name: str, name: str,
-                     hint: str) -> list[tuple[str, Any, Any]]:
-  """(path, reference leaf, tree leaf) triples, or a ValueError at the first path that differs."""
+def check_paths(ref_paths: Sequence[str], paths: Sequence[str], ref_name: str, name: str,
+                hint: str = "") -> None:
+  """Raises a ValueError naming the first key path that only one of two lists holds.
+
+  ``ref_paths`` and ``paths`` are ``jax.tree_util.keystr`` paths of the leaves of ``ref_name`` and
+  ``name`` (e.g. the params and the masks, or the arrays of a file).
+  """
+  ref_set, path_set = set(ref_paths), set(paths)
+  missing = [p for p in ref_paths if p not in path_set]
+  extra = [p for p in paths if p not in ref_set]
+  if not (missing or extra):
+    return
+  found = ([f"{missing[0]} is in the {ref_name} but not in the {name}"] if missing else []) + (
+      [f"{extra[0]} is in the {name} but not in the {ref_name}"] if extra else [])
+  raise ValueError(
+      f"The {name} do not match the {ref_name}: {' and '.join(found)} ({len(ref_paths)} leaves "
+      f"in the {ref_name}, {len(paths)} in the {name}). {hint}")
+
+
+def check_structure(reference: PyTree, tree: PyTree, ref_name: str, name: str,
+                    hint: str = "") -> list[tuple[str, Any, Any]]:
+  """(path, reference leaf, tree leaf) for every leaf, if ``tree`` has ``reference``'s structure.
+
+  Raises:
+    ValueError: naming the first path that only one of them holds (:func:`check_paths`), or
+      saying that the containers differ where the paths agree.
+  """
   r_leaves, r_def = jax.tree_util.tree_flatten_with_path(reference)
   t_leaves, t_def = jax.tree_util.tree_flatten_with_path(tree)
-  r_paths = [jax.tree_util.keystr(p) for p, _ in r_leaves]
-  t_paths = [jax.tree_util.keystr(p) for p, _ in t_leaves]
+  paths = [jax.tree_util.keystr(p) for p, _ in t_leaves]
+  check_paths([jax.tree_util.keystr(p) for p, _ in r_leaves], paths, ref_name, name, hint)
   if r_def != t_def:
-    for i, (rp, tp) in enumerate(zip(r_paths, t_paths)):
-      if rp != tp:
-        raise ValueError(
-            f"{name} do not match {ref_name}: leaf {i} is at path {tp} in the {name} but {rp} in "
-            f"the {ref_name}. {hint}")
-    if len(r_paths) == len(t_paths):
-      raise ValueError(
-          f"{name} do not match {ref_name}: the leaf paths agree but the containers differ "
-          f"({ref_name} {r_def}, {name} {t_def}). {hint}")
-    extra = r_paths[len(t_paths):] or t_paths[len(r_paths):]
-    where = ref_name if len(r_paths) > len(t_paths) else name
     raise ValueError(
-        f"{name} do not match {ref_name}: {extra[0]} is only in the {where} "
-        f"({len(r_paths)} leaves in the {ref_name}, {len(t_paths)} in the {name}).")
-  return [(path, r, t) for path, (_, r), (_, t) in zip(t_paths, r_leaves, t_leaves)]
+        f"The {name} do not match the {ref_name}: the leaf paths agree but the containers differ "
+        f"({ref_name} {r_def}, {name} {t_def}). {hint}")
+  return [(path, r, t) for path, (_, r), (_, t) in zip(paths, r_leaves, t_leaves)]
 
 
 def _check_bool(path: str, mask_leaf: Any) -> None:
@@ -161,7 +185,7 @@ def _check_bool(path: str, mask_leaf: Any) -> None:
 
 def validate(params: PyTree, masks: PyTree) -> None:
   """Raises a ValueError naming the first path where ``masks`` does not fit ``params``."""
-  leaves = _check_structure(
+  leaves = check_structure(
       params, masks, "params", "masks",
       "A mask must have exactly the params' tree structure (masks.ones_like).")
   for path, p, m in leaves:
@@ -179,8 +203,8 @@ def validate_replacement(old: PyTree, new: PyTree) -> None:
   They must have the same tree structure and leaf shapes (so a jitted step compiled for ``old``
   is reused), and bool leaves.
   """
-  leaves = _check_structure(old, new, "old masks", "new masks",
-                            "Derive the new masks from the old ones (e.g. sparsejax.pruning).")
+  leaves = check_structure(old, new, "old masks", "new masks",
+                           "Derive the new masks from the old ones (e.g. sparsejax.pruning).")
   for path, o, n in leaves:
     if jnp.shape(n) != jnp.shape(o):
       raise ValueError(

@@ -1,8 +1,11 @@
 """Scores + densities (+ current masks) -> new masks that keep exactly the requested counts.
 
 Layerwise pruning keeps ``round(density_l * n_l)`` weights of each prunable leaf; global pruning
-keeps ``round((1 - s) N)`` weights over all of them. Already-pruned weights are never revived
-unless ``revive=True`` (if a layer is asked to keep more than it has alive, it keeps all of them).
+keeps ``round((1 - s) N)`` weights over all of them. Callers that count for themselves (IMP
+counts from the original sizes, :mod:`sparsejax.lottery`) give the counts directly:
+:func:`layerwise_counts` (one per leaf) and :func:`global_count` (one budget). Already-pruned
+weights are never revived unless ``revive=True`` (if a layer is asked to keep more than it has
+alive, it keeps all of them).
 Ties are broken deterministically (lowest flat index first, leaves in tree order). Everything
 works inside ``jit`` with traced densities or sparsities; the selection counts instead of
 sorting (:mod:`sparsejax.selection`).
@@ -14,6 +17,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sparsejax import distributions
 from sparsejax import masks as masks_lib
@@ -41,27 +45,59 @@ def _merge(mask_leaves, idx, kept, treedef) -> PyTree:
   return jax.tree.unflatten(treedef, out)
 
 
+def _check_count(name: str, count: Any, size: int) -> None:
+  """Raises unless ``count`` is an integer scalar, within [0, size] when concrete."""
+  if jnp.ndim(count) != 0 or not jnp.issubdtype(jnp.result_type(count), jnp.integer):
+    raise ValueError(f"{name} must be one integer, got {count!r}.")
+  if not isinstance(count, jax.core.Tracer) and not 0 <= int(count) <= size:
+    raise ValueError(f"{name}={int(count)} is outside [0, {size}] (the number of weights).")
+
+
+def layerwise_counts(scores: PyTree, counts: PyTree, masks: PyTree, *,
+                     revive: bool = False) -> PyTree:
+  """Keeps the top ``count`` scores of every prunable leaf of ``masks``.
+
+  ``counts`` is shaped like ``masks``: an integer scalar per leaf (ignored where the mask is a
+  scalar ``True``, a leaf never pruned), concrete or traced.
+  """
+  masks_lib.validate(scores, masks)
+  leaves = masks_lib.check_structure(masks, counts, "masks", "counts",
+                                     "Give one integer per leaf of the masks.")
+  for path, m, c in leaves:
+    if masks_lib.is_prunable_mask(m):
+      _check_count(f"the count for {path}", c, m.size)
+  score_leaves, mask_leaves, treedef, idx = _split(scores, masks)
+  count_leaves = [c for _, _, c in leaves]
+  kept = selection.top_k_masks_each(_keys(score_leaves, mask_leaves, idx, revive),
+                                    [count_leaves[i] for i in idx])
+  return _merge(mask_leaves, idx, kept, treedef)
+
+
+def global_count(scores: PyTree, k: Any, masks: PyTree, *, revive: bool = False) -> PyTree:
+  """Keeps the top ``k`` scores over all prunable leaves of ``masks`` together."""
+  masks_lib.validate(scores, masks)
+  score_leaves, mask_leaves, treedef, idx = _split(scores, masks)
+  _check_count("k", k, sum(mask_leaves[i].size for i in idx))
+  kept = selection.top_k_masks(_keys(score_leaves, mask_leaves, idx, revive), k)
+  return _merge(mask_leaves, idx, kept, treedef)
+
+
 def layerwise(scores: PyTree, densities: PyTree, masks: PyTree, *, revive: bool = False) -> PyTree:
   """Keeps the top ``round(density * size)`` scores of every prunable leaf of ``masks``."""
   masks_lib.validate(scores, masks)
   distributions.validate_densities(scores, densities)
-  score_leaves, mask_leaves, treedef, idx = _split(scores, masks)
-  density_leaves = jax.tree.leaves(densities)
-  ks = [jnp.round(jnp.asarray(density_leaves[i], jnp.float32) * mask_leaves[i].size)
-        .astype(jnp.int32) for i in idx]
-  kept = selection.top_k_masks_each(_keys(score_leaves, mask_leaves, idx, revive), ks)
-  return _merge(mask_leaves, idx, kept, treedef)
+  counts = jax.tree.map(
+      lambda d, m: jnp.round(jnp.asarray(d, jnp.float32) * np.size(m)).astype(jnp.int32),
+      densities, masks)
+  return layerwise_counts(scores, counts, masks, revive=revive)
 
 
 def global_(scores: PyTree, sparsity: Any, masks: PyTree, *, revive: bool = False) -> PyTree:
   """Keeps the top ``round((1 - sparsity) * N)`` scores over all prunable leaves together."""
   masks_lib.check_sparsity(sparsity)
-  masks_lib.validate(scores, masks)
-  score_leaves, mask_leaves, treedef, idx = _split(scores, masks)
-  total = sum(mask_leaves[i].size for i in idx)
+  total = sum(np.size(m) for m in jax.tree.leaves(masks) if masks_lib.is_prunable_mask(m))
   k = jnp.round((1.0 - jnp.asarray(sparsity, jnp.float32)) * total).astype(jnp.int32)
-  kept = selection.top_k_masks(_keys(score_leaves, mask_leaves, idx, revive), k)
-  return _merge(mask_leaves, idx, kept, treedef)
+  return global_count(scores, k, masks, revive=revive)
 
 
 def prune(scores: PyTree, sparsity: Any, masks: PyTree, distribution: str = "uniform", *,

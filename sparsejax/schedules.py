@@ -9,7 +9,8 @@ recomputed at that step. Both accept Python ints and traced int arrays.
   Between pruning steps the sparsity of the last pruning step holds; after the end it is s_f.
 * :func:`one_shot`: sparsity s from one step on (pruning at initialization: step 0).
 * :func:`imp_density` / :func:`imp_sparsities`: iterative magnitude pruning removes a fraction p of
-  the surviving weights per level, so the density after level L is (1 - p)^L (Frankle & Carbin 2019).
+  the surviving weights per level (:func:`check_prune_fraction`), so the density after level L is
+  (1 - p)^L (Frankle & Carbin 2019).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import operator
 
 import jax.numpy as jnp
 
-from sparsejax.masks import check_sparsity
+from sparsejax.masks import check_fraction, check_sparsity
 
 
 def _check_int(name: str, value, minimum: int, requirement: str) -> int:
@@ -106,9 +107,18 @@ def one_shot(sparsity: float, step: int = 0) -> OneShot:
   return OneShot(float(sparsity), _check_step("step", step))
 
 
+def check_prune_fraction(value, name: str = "prune_fraction") -> None:
+  """:func:`sparsejax.masks.check_fraction` for p, the fraction of survivors pruned per level."""
+  check_fraction(value, name, "It is the fraction of the surviving weights pruned per level "
+                 "(0.2 in the LTH papers).")
+
+
 def imp_density(level: int, prune_fraction: float) -> float:
-  """Fraction of prunable weights remaining after ``level`` IMP levels: (1 - p)^level."""
-  check_sparsity(prune_fraction, "prune_fraction")
+  """Fraction of prunable weights remaining after ``level`` IMP levels: (1 - p)^level.
+
+  The one place that computes it: :mod:`sparsejax.lottery` keeps round(n (1 - p)^L) of n weights.
+  """
+  check_prune_fraction(prune_fraction)
   _check_step("level", level)
   return (1.0 - prune_fraction) ** level
 

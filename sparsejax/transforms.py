@@ -5,7 +5,9 @@ The wrapper carries the masks in its state, so they are arrays passed into the j
 (momentum, Nesterov, Adam, decoupled weight decay, clipping):
 
 1. gradients of pruned weights are zeroed before the inner optimizer sees them, so they never
-   reach its state (and on a mask update the inner state of newly pruned weights is zeroed);
+   reach its state (and on a mask update the inner state of newly pruned weights is zeroed, in
+   the parts that ``optax.tree_utils.tree_map_params`` finds: optax.masked and
+   optax.multi_transform inner optimizers are not supported);
 2. after ``optax.apply_updates`` every pruned weight is exactly ``0.0``: the update of a pruned
    weight is ``-w`` and ``w + (-w) == 0.0`` in IEEE arithmetic.
 
@@ -18,6 +20,7 @@ updates of pruned weights.
   distribution) are its three arguments.
 * :func:`magnitude_pruning`: gradual magnitude pruning (Zhu & Gupta 2017) = scheduled_pruning with
   magnitude scores on the polynomial schedule.
+* :func:`one_shot_pruning`: one mask update at one step, e.g. SNIP (Lee et al. 2019) at step 0.
 * :func:`get_masks` / :func:`set_masks`: read or replace the masks in any optimizer state that
   holds them, also inside ``optax.chain`` or ``optax.inject_hyperparams``.
 """
@@ -36,6 +39,7 @@ from sparsejax import distributions
 from sparsejax import masks as masks_lib
 from sparsejax import pruning
 from sparsejax import schedules as schedules_lib
+from sparsejax import scores as scores_lib
 
 PyTree = Any
 ScoreFn = Callable[[PyTree, PyTree], PyTree]
@@ -72,18 +76,23 @@ def _masked_update(inner: optax.GradientTransformationExtraArgs, updates, inner_
   return updates, inner_state
 
 
-def _zero_pruned_state(inner_state, masks):
-  """Zeros the entries of pruned weights in every params-shaped part of an optimizer state."""
-  treedef = jax.tree.structure(masks)
-  shapes = [jnp.shape(m) for m in jax.tree.leaves(masks)]
+def _zero_pruned_state(inner: optax.GradientTransformation, inner_state: optax.OptState,
+                       masks: PyTree) -> optax.OptState:
+  """Zeros the entries of pruned weights in every params-shaped part of ``inner_state``.
 
-  def params_like(x):
-    if x is None or jax.tree.structure(x) != treedef:
-      return False
-    return all(jnp.shape(l) == s or s == () for l, s in zip(jax.tree.leaves(x), shapes))
-
-  return jax.tree.map(lambda x: masks_lib.apply(x, masks) if params_like(x) else x,
-                      inner_state, is_leaf=params_like)
+  The parts are those where ``inner.init`` puts a tree derived from the params (momenta, Adam's
+  mu and nu, in any chain), as ``optax.tree_utils.tree_map_params`` finds them.
+  """
+  try:
+    # is_leaf: each params-shaped part is passed whole, so masks.apply validates it.
+    return optax.tree_utils.tree_map_params(inner, masks_lib.apply, inner_state, masks,
+                                            is_leaf=lambda _: True)
+  except (TypeError, ValueError) as e:
+    raise ValueError(
+        "cannot find the params-shaped parts of the inner optimizer state with the inner "
+        "optimizer's init (optax.tree_utils.tree_map_params): pass the optimizer that the sparse "
+        "transformation wraps. Inner optimizers built with optax.masked or optax.multi_transform "
+        "are not supported.") from e
 
 
 def static_masks(inner: optax.GradientTransformation,
@@ -162,12 +171,12 @@ def scheduled_pruning(inner: optax.GradientTransformation, schedule, score_fn: S
       m, inner_state = operands
       new = pruning.prune(score_fn(params, updates), schedule(state.count), m, distribution,
                           revive=revive, params=params)
-      return new, _zero_pruned_state(inner_state, new)
+      return new, _zero_pruned_state(inner, inner_state, new)
 
     m, inner_state = lax.cond(schedule.is_update_step(state.count), prune, lambda ops: ops,
                               (state.masks, state.inner_state))
     updates, inner_state = _masked_update(inner, updates, inner_state, params, m, extra_args)
-    return updates, ScheduledPruningState(state.count + 1, m, inner_state)
+    return updates, ScheduledPruningState(optax.safe_increment(state.count), m, inner_state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -182,7 +191,7 @@ def magnitude_pruning(inner: optax.GradientTransformation, schedule,
     schedule = sparsejax.schedules.polynomial(0.9, begin_step=1000, end_step=9000, frequency=100)
     opt = sparsejax.transforms.magnitude_pruning(optax.sgd(0.1, momentum=0.9), schedule, "erk")
   """
-  return scheduled_pruning(inner, schedule, lambda params, _: jax.tree.map(jnp.abs, params),
+  return scheduled_pruning(inner, schedule, lambda params, _: scores_lib.magnitude(params),
                            distribution, prunable, initial_masks)
 
 
@@ -209,19 +218,27 @@ def get_masks(opt_state: optax.OptState) -> PyTree:
   return found[0].masks
 
 
-def set_masks(opt_state: optax.OptState, masks: PyTree) -> optax.OptState:
+def set_masks(opt_state: optax.OptState, masks: PyTree, *,
+              inner: optax.GradientTransformation) -> optax.OptState:
   """``opt_state`` with its masks replaced (same structure, so a jitted step is reused).
 
   The inner optimizer's entries of the weights the new masks prune (momentum, Adam moments) are
   zeroed, so pruned weights leave nothing in the state, as after a mask update during training.
 
+  Args:
+    opt_state: an optimizer state holding one sparsejax mask state, anywhere (e.g. inside
+      ``optax.chain``).
+    masks: the new masks.
+    inner: the optimizer the sparse transformation wraps; its ``init`` says which parts of the
+      inner state are shaped like the params (``optax.tree_utils.tree_map_params``).
+
   Raises:
     ValueError: naming the first path where ``masks`` differ from the masks held in
-      ``opt_state`` in tree structure, shape or dtype.
+      ``opt_state`` in tree structure, shape or dtype; or if ``inner`` did not make the inner state.
   """
   masks_lib.validate_replacement(get_masks(opt_state), masks)
   is_mask_state = lambda x: isinstance(x, _MASK_STATES)
   replace = lambda x: x._replace(masks=masks,
-                                 inner_state=_zero_pruned_state(x.inner_state, masks))
+                                 inner_state=_zero_pruned_state(inner, x.inner_state, masks))
   return jax.tree.map(lambda x: replace(x) if is_mask_state(x) else x, opt_state,
                       is_leaf=is_mask_state)

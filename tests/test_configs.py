@@ -8,7 +8,7 @@ import ml_collections
 import pytest
 
 from experiments import config as config_lib
-from experiments import methods, models
+from experiments import models, registry, sparsifiers
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 CONFIG_FILES = sorted(p for p in CONFIG_DIR.glob("*.py") if p.name != "__init__.py")
@@ -66,7 +66,7 @@ def test_pruning_window_lies_inside_training(name):
   frequency = config_lib.parse_duration(config.pruning_frequency, STEPS_PER_EPOCH,
                                         "pruning_frequency")
   assert steps > 0 and frequency > 0
-  if config.method == "magnitude":
+  if config.sparsifier == "magnitude":
     assert 0 <= begin < end <= steps
 
 
@@ -83,27 +83,27 @@ def test_lenet_configs_follow_openlth(name):
 
 
 def test_lenet_method_settings():
-  assert _finalized("lenet300_dense").method == "dense"
+  assert _finalized("lenet300_dense").sparsifier == "dense"
   magnitude = _finalized("lenet300_magnitude")
-  assert (magnitude.method, magnitude.final_sparsity, magnitude.distribution) == (
+  assert (magnitude.sparsifier, magnitude.final_sparsity, magnitude.distribution) == (
       "magnitude", 0.9, "uniform")
   assert (magnitude.pruning_begin, magnitude.pruning_end, magnitude.pruning_frequency) == (
       "2ep", "30ep", "100it")
   random_erk = _finalized("lenet300_random_erk")
-  assert (random_erk.method, random_erk.distribution, random_erk.final_sparsity) == (
+  assert (random_erk.sparsifier, random_erk.distribution, random_erk.final_sparsity) == (
       "random", "erk", 0.9)
   snip = _finalized("lenet300_snip")
-  assert (snip.method, snip.distribution, snip.final_sparsity) == ("snip", "global", 0.9)
+  assert (snip.sparsifier, snip.distribution, snip.final_sparsity) == ("snip", "global", 0.9)
 
 
 def test_quick_and_smoke_configs():
   quick = _finalized("lenet300_quick")
-  assert (quick.model, quick.dataset, quick.method, quick.final_sparsity) == (
+  assert (quick.model, quick.dataset, quick.sparsifier, quick.final_sparsity) == (
       "lenet300", "fashion_mnist", "magnitude", 0.9)
   assert (quick.steps, quick.pruning_begin, quick.pruning_end, quick.eval_every) == (
       "3ep", "0ep", "2ep", "1ep")
   smoke = _finalized("digits_smoke")
-  assert (smoke.dataset, smoke.model, smoke.method, smoke.batch_size) == (
+  assert (smoke.dataset, smoke.model, smoke.sparsifier, smoke.batch_size) == (
       "digits", "lenet300", "magnitude", 64)
   assert (smoke.steps, smoke.eval_every, smoke.log_every, smoke.checkpoint_every) == (
       "200it", "50it", "50it", "100it")
@@ -118,7 +118,7 @@ def test_conv_configs_follow_lth_paper(model, lr, steps):
   assert (config.model, config.dataset, config.augment) == (model, "tfds:cifar10", True)
   assert (config.optimizer, config.learning_rate, config.lr_schedule) == ("adam", lr, "constant")
   assert (config.batch_size, config.steps) == (60, steps)
-  assert (config.method, config.final_sparsity) == ("magnitude", 0.9)
+  assert (config.sparsifier, config.final_sparsity) == ("magnitude", 0.9)
 
 
 @pytest.mark.parametrize("name", [n for n in CONFIG_NAMES if n.startswith(("vgg", "resnet"))])
@@ -132,9 +132,9 @@ def test_vgg_resnet_configs_follow_openlth(name):
   assert config.lr_gamma == 0.1
   assert (config.batch_size, config.steps) == (128, "160ep")
   if name.endswith("_lmc"):  # the LMC paper's late rewinding: IMP, not gradual pruning
-    assert (config.method, config.rewind, config.distribution) == ("imp", "500it", "global")
+    assert (config.protocol, config.rewind, config.distribution) == ("imp", "500it", "global")
   else:
-    assert (config.method, config.final_sparsity) == ("magnitude", 0.9)
+    assert (config.protocol, config.sparsifier, config.final_sparsity) == ("train", "magnitude", 0.9)
 
 
 def test_vgg16_and_resnet20_configs_exist():
@@ -206,13 +206,58 @@ def test_valid_regexes_pass():
       "output": 0.1, "conv[12]": 0.05}
 
 
-def test_method_names_come_from_the_methods_registry(monkeypatch):
+@pytest.mark.parametrize("key, kind", [("sparsifier", registry.SPARSIFIERS),
+                                      ("protocol", registry.PROTOCOLS)])
+def test_names_come_from_the_registries(key, kind):
+  config = config_lib.defaults()
+  config[key] = "bogus"
+  with pytest.raises(config_lib.ConfigError, match=f"{key}='bogus'") as error:
+    config_lib.validate(config)
+  for name in kind.names():
+    assert repr(name) in str(error.value)
+
+
+def test_registering_a_sparsifier_is_all_it_takes():
+  """A registered sparsifier's name and keys are accepted, and its validation runs."""
+  def validate(config):
+    if config.bogus_level < 0:
+      raise config_lib.ConfigError(f"bogus_level={config.bogus_level!r} must be >= 0.")
+
+  sparsifiers.register("bogus", keys={"bogus_level": 1}, validate=validate)(sparsifiers.dense)
+  try:
+    config = config_lib.defaults()
+    assert config.bogus_level == 1
+    config.sparsifier = "bogus"
+    config_lib.validate(config)
+    config.bogus_level = -1
+    with pytest.raises(config_lib.ConfigError, match="bogus_level=-1"):
+      config_lib.validate(config)
+  finally:
+    registry.SPARSIFIERS.unregister("bogus")
+  assert "bogus_level" not in config_lib.defaults()
+
+
+def test_registry_refuses_a_second_entry_and_conflicting_defaults():
+  with pytest.raises(ValueError, match="'magnitude' is registered already"):
+    sparsifiers.register("magnitude")(sparsifiers.dense)
+  with pytest.raises(ValueError, match="final_sparsity"):
+    sparsifiers.register("other", keys={"final_sparsity": 0.5})(sparsifiers.dense)
+  assert "other" not in registry.SPARSIFIERS.names()
+
+
+@pytest.mark.parametrize("method, protocol, sparsifier", [
+    ("magnitude", "train", "magnitude"), ("imp", "imp", "dense"), ("dense", "train", "dense")])
+def test_method_is_shorthand_for_protocol_or_sparsifier(method, protocol, sparsifier):
+  config = config_lib.defaults()
+  config.method = method
+  config_lib.finalize(config)
+  assert (config.protocol, config.sparsifier, config.method) == (protocol, sparsifier, "")
+
+
+def test_unknown_method_names_both_registries():
   config = config_lib.defaults()
   config.method = "bogus"
   with pytest.raises(config_lib.ConfigError, match="method='bogus'") as error:
-    config_lib.validate(config)
-  for name in (*methods.METHODS, "imp"):
+    config_lib.finalize(config)
+  for name in registry.PROTOCOLS.names() + registry.SPARSIFIERS.names():
     assert repr(name) in str(error.value)
-  # Registering a method is all it takes for the config to accept its name.
-  monkeypatch.setitem(methods.METHODS, "bogus", methods.dense)
-  config_lib.validate(config)

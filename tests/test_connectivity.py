@@ -189,30 +189,30 @@ def test_too_few_alphas_raise(n):
 
 def test_instability_of_identical_copies_is_zero():
   start = make_params(5)
-  seeds = []
+  copies = []
 
-  def train_fn(params, data_seed):
-    seeds.append(data_seed)
+  def train_fn(params, copy):
+    copies.append(copy)
     return jax.tree.map(lambda x: x * 0.9 + 0.01, params)  # ignores the data order
 
   out = connectivity.instability(train_fn, start, classification_error)
-  assert seeds == [1, 2]
+  assert copies == [1, 2]
   assert out.barrier == 0.0 and out.stable
   assert len(out.errors) == 30
 
 
-def test_instability_trains_with_both_seeds():
+def test_instability_trains_with_both_copies():
   start = make_params(6)
-  seeds = []
+  copies = []
 
-  def train_fn(params, data_seed):
-    seeds.append(data_seed)
-    noise = make_params(100 + data_seed)
+  def train_fn(params, copy):
+    copies.append(copy)
+    noise = make_params(100 + copy)
     return jax.tree.map(lambda x, n: x + 2.0 * n, params, noise)
 
-  out = connectivity.instability(train_fn, start, classification_error, data_seeds=(7, 9),
+  out = connectivity.instability(train_fn, start, classification_error, copies=(7, 9),
                                  num_alphas=11)
-  assert seeds == [7, 9]
+  assert copies == [7, 9]
   direct = connectivity.error_barrier(classification_error, train_fn(start, 7),
                                       train_fn(start, 9), num_alphas=11)
   assert out == direct
@@ -221,10 +221,31 @@ def test_instability_trains_with_both_seeds():
   assert out.errors[-1] == pytest.approx(float(classification_error(train_fn(start, 9))))
 
 
-@pytest.mark.parametrize("seeds", [(1, 2, 3), (1,), ()])
-def test_instability_needs_two_seeds(seeds):
+def test_instability_copies_may_be_data_order_keys():
+  """The runner labels the copies with two data-order keys: each copy gets its own key."""
+  start = make_params(6)
+  keys = jax.random.split(jax.random.key(3))
+  seen = []
+
+  def train_fn(params, key):
+    seen.append(key)
+    return jax.tree.map(lambda x: x + jax.random.normal(key, x.shape), params)
+
+  out = connectivity.instability(train_fn, start, classification_error, copies=keys,
+                                 num_alphas=5)
+  assert len(seen) == 2
+  for got, want in zip(seen, keys):
+    np.testing.assert_array_equal(jax.random.key_data(got), jax.random.key_data(want))
+  direct = connectivity.error_barrier(classification_error, train_fn(start, keys[0]),
+                                      train_fn(start, keys[1]), num_alphas=5)
+  assert out == direct and out.barrier > 0.0
+
+
+@pytest.mark.parametrize("copies", [(1, 2, 3), (1,), ()])
+def test_instability_needs_two_copies(copies):
   called = []
-  with pytest.raises(ValueError, match="data_seeds"):
+  with pytest.raises(ValueError, match="copies") as err:
     connectivity.instability(lambda p, s: called.append(s) or p, make_params(0),
-                             classification_error, data_seeds=seeds)
+                             classification_error, copies=copies)
+  assert repr(copies) in str(err.value)
   assert called == []

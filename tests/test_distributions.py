@@ -233,3 +233,6 @@ def test_get_unknown_lists_valid_names():
   for valid in ("'er'", "'erk'", "'uniform'"):
     assert valid in str(err.value)
   assert distributions.get("erk") is distributions.erk
+  assert sorted(distributions.DISTRIBUTIONS) == ["er", "erk", "uniform"]
+  for name, fn in distributions.DISTRIBUTIONS.items():
+    assert distributions.get(name) is fn

@@ -13,7 +13,7 @@ ROW_KEYS = ("level", "density", "test_accuracy", "best_test_accuracy", "early_st
 
 def imp_config(**overrides):
   c = config_lib.defaults()
-  c.method, c.dataset, c.batch_size, c.steps = "imp", "digits", 64, "80it"
+  c.protocol, c.dataset, c.batch_size, c.steps = "imp", "digits", 64, "80it"
   c.eval_every = c.log_every = c.checkpoint_every = "40it"
   c.controls = ("reinit",)
   for key, value in overrides.items():

@@ -1,4 +1,4 @@
-"""End-to-end tests of the runner's lottery-ticket method (``experiments/imp.py``, method "imp").
+"""End-to-end tests of the runner's lottery-ticket protocol (``experiments/protocols/imp.py``).
 
 Real IMP runs of LeNet-300-100 on scikit-learn's 8x8 digits (120 iterations per level): the files
 a run leaves and its summary and report, the density of every level, rewinding to theta_k * mask,
@@ -26,7 +26,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 from experiments import config as config_lib
-from experiments import experiment, imp, models, trainer
+from experiments import experiment, models, rng, trainer
+from experiments.protocols import imp
 from imp_counts import HALF, off_by
 from sparsejax import connectivity, transforms
 from sparsejax import masks as masks_lib
@@ -44,7 +45,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def imp_config(**overrides):
   """IMP on digits: LeNet-300-100, batch 64, 120 iterations per level, events every 40."""
   c = config_lib.defaults()
-  c.method = "imp"
+  c.protocol = "imp"
   c.model = "lenet300"
   c.dataset = "digits"
   c.batch_size = 64
@@ -63,15 +64,16 @@ def imp_config(**overrides):
 
 
 def load_leaves(path):
-  """The arrays of an npz written by ``sparsejax.lottery._save_tree``: leaves by tree index."""
+  """The arrays of an npz written by ``sparsejax.files.save_arrays``, in the params' tree order."""
   with np.load(path) as f:
-    return [f[str(i)] for i in range(len(f.files))]
+    assert sorted(f.files) == sorted(PATHS), path
+    return [f[p] for p in PATHS]
 
 
 def load_named(path):
-  """The arrays of an npz written by ``experiments.experiment.save_masks``: keyed by path."""
+  """The prunable leaves of a masks npz, keyed by path."""
   with np.load(path) as f:
-    return {k: f[k] for k in f.files}
+    return {k: f[k] for k in f.files if f[k].ndim > 0}
 
 
 def kept_counts(masks):
@@ -81,7 +83,8 @@ def kept_counts(masks):
 
 def init_params(seed):
   """theta_0 of LeNet-300-100 for digits and ``seed``, as the runner creates it."""
-  _, params, _ = models.create("lenet300", num_classes=10, input_shape=DIGITS_SHAPE, seed=seed)
+  key = rng.stream(jax.random.key(seed), "init")
+  _, params, _ = models.create("lenet300", num_classes=10, input_shape=DIGITS_SHAPE, key=key)
   return params
 
 
@@ -98,6 +101,7 @@ def find_states(tree, cls):
 
 
 def snapshot(state):
+  state = dict(state, data_key=jax.random.key_data(state["data_key"]))
   return jax.tree.map(np.asarray, {k: state[k] for k in ("step", "params", "model_state",
                                                          "opt_state", "data_key")})
 
@@ -167,8 +171,8 @@ def run_c(tmp_path_factory):
                       instability_alphas=7)
   init_state = trainer.init_state
   with pytest.MonkeyPatch.context() as mp:
-    mp.setattr(trainer, "init_state", lambda params, model_state, optimizer, seed, data_seed=None:
-               init_state(params, model_state, optimizer, seed))
+    mp.setattr(trainer, "init_state", lambda params, model_state, optimizer, key, data_key=None:
+               init_state(params, model_state, optimizer, key))
     record = record_trainings(mp, workdir)
     summary = experiment.run(config, str(workdir))
   return {"workdir": workdir, "summary": summary, "config": config, **record}
@@ -526,7 +530,7 @@ from experiments.config import defaults
 
 def get_config():
   c = defaults()
-  c.method = "imp"
+  c.protocol = "imp"
   c.model = "lenet300"
   c.dataset = "digits"
   c.batch_size = 64

@@ -13,8 +13,10 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from imp_counts import HALF, off_by
+from sparsejax import files
 from sparsejax import lottery
 from sparsejax import masks as masks_lib
+from sparsejax import schedules
 
 SETTINGS = settings(max_examples=25, deadline=None)
 
@@ -142,8 +144,8 @@ def test_pruned_large_weights_never_return():
        mode=st.sampled_from(["global", "layerwise"]))
 def test_iterated_levels_reach_densities(seed, p, levels, mode):
   masks = masks_lib.ones_like(make_params(seed))
-  expected = lottery.densities(levels, p)
-  assert len(expected) == levels + 1 and expected[0] == 1.0
+  expected = [schedules.imp_density(level, p) for level in range(levels + 1)]
+  assert expected[0] == 1.0
   sizes = {layer: int(np.prod(SHAPES[layer]["kernel"])) for layer in PRUNABLE}
   total = sum(sizes.values())
   for level in range(1, levels + 1):
@@ -213,13 +215,6 @@ def test_level_below_one_raises():
   params = make_params(0)
   with pytest.raises(ValueError, match="level=0"):
     lottery.prune_level(params, masks_lib.ones_like(params), 0.2, level=0)
-
-
-def test_densities_values():
-  np.testing.assert_allclose(lottery.densities(3, 0.2), [1.0, 0.8, 0.64, 0.512])
-  assert lottery.densities(0, 0.5) == [1.0]
-  with pytest.raises(ValueError, match="1.0"):
-    lottery.densities(3, 1.0)
 
 
 def test_override_layerwise_output_at_10_percent():
@@ -481,7 +476,7 @@ def test_run_rewinds_every_level_to_theta_k(reference_run):
 
 def test_run_masks_follow_prune_level_and_densities(reference_run):
   _, results = reference_run
-  expected = lottery.densities(3, 0.2)
+  expected = [schedules.imp_density(level, 0.2) for level in range(4)]
   for prev, r in zip(results, results[1:]):
     chex.assert_trees_all_equal(
         r.masks, lottery.prune_level(prev.final_params, prev.masks, 0.2, mode="global",
@@ -498,14 +493,33 @@ def test_run_masks_follow_prune_level_and_densities(reference_run):
 
 def test_run_writes_levels(reference_run, tmp_path):
   trainer = Trainer()
-  run(trainer, tmp_path, levels=1)
-  assert os.path.exists(tmp_path / "rewind_params.npz")
-  for level in range(2):
-    d = tmp_path / f"level_{level}"
+  results = run(trainer, tmp_path, levels=1)
+  chex.assert_trees_all_equal(files.load_arrays(tmp_path / "rewind_params.npz", init_params()),
+                              trainer.theta_k)
+  for r in results:
+    d = tmp_path / f"level_{r.level}"
     for name in ("masks", "start_params", "final_params"):
-      assert os.path.exists(d / f"{name}.npz")
+      # Path-keyed arrays, every leaf (the biases' scalar True masks too).
+      with np.load(d / f"{name}.npz") as f:
+        assert sorted(f.files) == sorted(
+            jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(r.masks))
+        np.testing.assert_array_equal(f["['dense1']['kernel']"],
+                                      getattr(r, name)["dense1"]["kernel"])
+    assert np.load(d / "masks.npz")["['output']['kernel']"].dtype == bool
     with open(d / "level.json") as f:
-      assert json.load(f)["level"] == level
+      assert json.load(f) == {"level": r.level, "metrics": r.metrics}
+  assert files.read_json(tmp_path / "imp_settings.json") == {
+      "mode": "global", "overrides": {}, "prune_fraction": 0.2, "rewind_step": REWIND}
+  assert sorted(os.listdir(tmp_path)) == ["imp_settings.json", "level_0", "level_1",
+                                          "rewind_params.npz"]  # no temp files left
+
+
+def test_run_on_a_process_that_does_not_write(reference_run, tmp_path, monkeypatch):
+  """Every process of a multi-host run trains; only process 0 writes, the others need no file."""
+  monkeypatch.setattr(jax, "process_index", lambda: 1)
+  got = run(Trainer(), tmp_path)
+  assert_levels_equal(got, reference_run[1])
+  assert not [f for _, _, names in os.walk(tmp_path) for f in names]
 
 
 def test_resume_after_crash_matches_uninterrupted_run(reference_run, tmp_path):

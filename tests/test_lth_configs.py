@@ -9,7 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from configs import lth_lenet300_fashion, lth_quick, resnet20_cifar10_lmc
+import jax
+
+from configs import lth_lenet300_fashion, lth_quick, openlth_lenet300_fashion, resnet20_cifar10_lmc
 from experiments import config as config_lib
 from experiments import models
 from sparsejax import lottery
@@ -27,7 +29,7 @@ def steps(config, key="steps"):
 
 def test_fashion_config_has_the_issue_settings():
   config = config_lib.finalize(lth_lenet300_fashion.get_config())
-  assert (config.method, config.model, config.dataset) == ("imp", "lenet300", "fashion_mnist")
+  assert (config.protocol, config.model, config.dataset) == ("imp", "lenet300", "fashion_mnist")
   assert config.prune_fraction == 0.2
   assert config.levels >= 10
   assert config.replicates == 3
@@ -36,7 +38,8 @@ def test_fashion_config_has_the_issue_settings():
   assert (config.optimizer, config.learning_rate, config.batch_size) == ("adam", 1.2e-3, 60)
   assert (steps(config), steps(config, "rewind")) == (50_000, 0)
   # 20% per level for the hidden layers, 10% for the output layer of the real LeNet-300-100.
-  _, params, _ = models.create("lenet300", num_classes=10, input_shape=(28, 28, 1), seed=0)
+  _, params, _ = models.create("lenet300", num_classes=10, input_shape=(28, 28, 1),
+                              key=jax.random.key(0))
   fractions = lottery.layer_fractions(masks_lib.ones_like(params), config.prune_fraction,
                                       config_lib.parse_overrides(config.prune_fraction_overrides))
   assert fractions == {"['dense1']['kernel']": 0.2, "['dense2']['kernel']": 0.2,
@@ -56,7 +59,7 @@ def test_quick_config_is_a_short_fashion_run():
 
 def test_resnet20_lmc_config_rewinds_to_500_iterations_with_instability():
   config = config_lib.finalize(resnet20_cifar10_lmc.get_config())
-  assert (config.method, config.model, config.dataset) == ("imp", "resnet20", "tfds:cifar10")
+  assert (config.protocol, config.model, config.dataset) == ("imp", "resnet20", "tfds:cifar10")
   assert config.rewind == "500it" and steps(config, "rewind") == 500
   assert config.instability is True and config.instability_alphas == 30
 
@@ -75,3 +78,22 @@ def test_cli_prints_the_figure_path_of_an_imp_run(tmp_path):
   with open(workdir / "report.png", "rb") as f:
     assert f.read(8) == PNG_MAGIC
   assert any(line.startswith("| 1 |") for line in lines), result.stdout
+
+
+def test_openlth_config_is_the_mnist_lenet_300_100_preset():
+  """OpenLTH's preset: kaiming-normal weights, PyTorch biases, sparse_global at 20% with the
+  output layer never pruned, SGD 0.1 (no momentum), batch 128, 40 epochs, rewinding to init."""
+  config = config_lib.finalize(openlth_lenet300_fashion.get_config())
+  assert (config.protocol, config.sparsifier, config.model) == ("imp", "dense", "lenet300")
+  assert (config.model_init, config.bias_init) == ("kaiming_normal", "pytorch")
+  assert (config.optimizer, config.learning_rate, config.lr_schedule) == ("sgd", 0.1, "constant")
+  assert (config.batch_size, config.steps, config.weight_decay) == (128, "40ep", 0.0)
+  assert (config.distribution, config.prune_fraction, steps(config, "rewind")) == ("global", 0.2, 0)
+  model, params, _ = models.create("lenet300", num_classes=10, input_shape=(28, 28, 1),
+                                   key=jax.random.key(0), model_init=config.model_init,
+                                   bias_init=config.bias_init)
+  prunable = masks_lib.prunable_paths(params, masks_lib.rule(exclude=config.prune_exclude))
+  assert prunable == ["['dense1']['kernel']", "['dense2']['kernel']"]
+  # PyTorch's nn.Linear biases: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), not zeros.
+  bias = params["dense1"]["bias"]
+  assert 0.0 < float(abs(bias).max()) <= 1 / 28.0

@@ -64,6 +64,18 @@ def test_default_never_prunes_rank2_norm_leaves():
   assert masks.prunable_paths(params) == ["['fc']['kernel']"]
 
 
+def test_default_prunable_is_the_default_rule():
+  w, b = jnp.ones((4, 4)), jnp.ones(4)
+  assert masks.default_prunable("['upscale_conv']['kernel']", w)
+  assert masks.default_prunable("['conv']['kernel'].value", jnp.ones((3, 3, 2, 4)))
+  assert not masks.default_prunable("['fc']['bias']", b)  # rank 1
+  assert not masks.default_prunable("['fc']['w']", b)
+  assert not masks.default_prunable("['LayerNorm_0']['scale']", w)
+  assert not masks.default_prunable("['batch_stats']['mean']", w)
+  params = {"fc": {"kernel": w, "bias": b}, "ln": {"scale": w}}
+  assert masks.prunable_paths(params) == masks.prunable_paths(params, masks.default_prunable)
+
+
 def test_default_matches_whole_words_of_the_path():
   w = jnp.ones((4, 4))
   excluded = {
@@ -278,6 +290,41 @@ def test_validate_non_bool_names_path():
     masks.sparsity(params, m)
 
 
+def test_validate_renamed_leaf_names_both_paths():
+  params = small_params()
+  m = masks.ones_like(params)
+  m["dense"]["weights"] = m["dense"].pop("kernel")
+  with pytest.raises(ValueError) as err:
+    masks.validate(params, m)
+  assert str(err.value).startswith(
+      "The masks do not match the params: ['dense']['kernel'] is in the params but not in the "
+      "masks and ['dense']['weights'] is in the masks but not in the params (6 leaves in the "
+      "params, 6 in the masks).")
+
+
+def test_check_structure_returns_the_leaves_by_path():
+  params = small_params()
+  m = partial_masks(params)
+  leaves = masks.check_structure(params, m, "params", "masks")
+  assert [path for path, _, _ in leaves] == [
+      jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+  for (_, p, t), p_want, t_want in zip(leaves, jax.tree.leaves(params), jax.tree.leaves(m)):
+    assert p is p_want and t is t_want
+  with pytest.raises(ValueError, match="Use the same tree.$"):
+    masks.check_structure(params, {"conv1": params["conv1"]}, "params", "copy",
+                          "Use the same tree.")
+
+
+def test_check_paths():
+  masks.check_paths(["['a']", "['b']"], ["['b']", "['a']"], "x", "y")  # same set: no error
+  with pytest.raises(ValueError, match=re.escape(
+      "The arrays in f.npz do not match the params: ['b'] is in the params but not in the arrays "
+      "in f.npz (2 leaves in the params, 1 in the arrays in f.npz). Hint.")):
+    masks.check_paths(["['a']", "['b']"], ["['a']"], "params", "arrays in f.npz", "Hint.")
+  with pytest.raises(ValueError, match=re.escape("['c'] is in the y but not in the x")):
+    masks.check_paths(["['a']"], ["['a']", "['c']"], "x", "y")
+
+
 def test_validate_replacement_requires_same_structure_and_shapes():
   params = small_params()
   masks.validate_replacement(masks.ones_like(params), partial_masks(params))
@@ -320,7 +367,26 @@ def test_summary_table_rows_and_total():
   assert len({len(line) for line in table}) == 1  # aligned columns.
 
 
-# ---------------------------------------------------------------- check_sparsity
+# ---------------------------------------------------------------- check_fraction / check_sparsity
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.0, 1.5, float("inf"), np.float32(2.0)])
+def test_check_fraction_names_value_range_and_hint(value):
+  with pytest.raises(ValueError) as err:
+    masks.check_fraction(value, "p", "It is what it is.")
+  assert str(err.value) == f"p={float(value)!r} is outside [0, 1). It is what it is."
+
+
+def test_check_fraction_accepts_and_passes_traced_values():
+  for value in (0, 0.0, 0.999, np.float64(0.5), jnp.float32(0.25)):
+    masks.check_fraction(value, "p")
+  assert float(jax.jit(lambda v: masks.check_fraction(v, "p") or v)(7.0)) == 7.0
+  with pytest.raises(ValueError, match=re.escape("p must be a scalar, got an array of shape (2,)")):
+    masks.check_fraction(np.array([0.1, 0.2]), "p")
+  for value in ("0.5", True, None, 0.5j):
+    with pytest.raises(TypeError, match=re.escape(f"p={value!r} is not a number")):
+      masks.check_fraction(value, "p")
+
 
 
 @pytest.mark.parametrize("value, shown", [(-0.1, "-0.1"), (1.0, "1.0"), (1.5, "1.5")])

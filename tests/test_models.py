@@ -1,5 +1,6 @@
 """Tests for experiments/models.py: shapes, exact parameter counts, purity under jit/grad/vmap,
-BatchNorm state handling, initializers and determinism."""
+BatchNorm state handling, models built from keys (vmap over keys), initializers and
+determinism."""
 
 import functools
 import math
@@ -18,11 +19,15 @@ BATCH = 3
 NUM_CLASSES = 10
 BN_MODELS = ("vgg11", "vgg16", "resnet20")
 PLAIN_MODELS = ("lenet300", "conv2", "conv4", "conv6")
+# One model of every kind of layer: dense, conv with bias, conv + BatchNorm, residual blocks.
+INIT_MODELS = ("lenet300", "conv2", "vgg11", "resnet20")
 
 
 @functools.cache
-def _create(name, seed=0, input_shape=SMALL):
-  return models.create(name, num_classes=NUM_CLASSES, input_shape=input_shape, seed=seed)
+def _create(name, seed=0, input_shape=SMALL, **inits):
+  return models.create(
+      name, num_classes=NUM_CLASSES, input_shape=input_shape, key=jax.random.key(seed), **inits
+  )
 
 
 def _inputs(input_shape=SMALL, batch=BATCH, seed=0):
@@ -31,6 +36,10 @@ def _inputs(input_shape=SMALL, batch=BATCH, seed=0):
 
 def _paths(tree):
   return [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def _leaves(tree):
+  return dict(zip(_paths(tree), jax.tree.leaves(tree)))
 
 
 def _count(tree):
@@ -86,9 +95,8 @@ def test_output_shape_and_plain_dicts(name):
     ],
 )
 def test_parameter_counts(name, input_shape, expected):
-  params, state = jax.eval_shape(
-      lambda: models.create(name, num_classes=10, input_shape=input_shape, seed=0)[1:]
-  )
+  model = models.build(name, num_classes=10, input_shape=input_shape)
+  params, state = jax.eval_shape(model.init, jax.random.key(0))
   assert _count(params) == expected
   # BatchNorm keeps a running mean and variance per scale.
   assert (
@@ -112,9 +120,8 @@ def test_parameter_counts(name, input_shape, expected):
     ],
 )
 def test_first_dense_input_is_inferred(name, input_shape, dense1_in):
-  params = jax.eval_shape(
-      lambda: models.create(name, num_classes=10, input_shape=input_shape, seed=0)[1]
-  )
+  model = models.build(name, num_classes=10, input_shape=input_shape)
+  params, _ = jax.eval_shape(model.init, jax.random.key(0))
   assert params["dense1"]["kernel"].shape == (dense1_in, 300 if name == "lenet300" else 256)
 
 
@@ -227,24 +234,38 @@ def test_vmap_over_two_parameter_sets():
   )
 
 
-def test_unknown_name_raises():
-  with pytest.raises(ValueError, match="resnet21") as error:
-    models.create("resnet21", num_classes=10, input_shape=(32, 32, 3), seed=0)
-  assert all(name in str(error.value) for name in models.MODELS)
+@pytest.mark.parametrize(
+    "kwargs, bad, valid",
+    [
+        ({"name": "resnet21"}, "resnet21", models.MODELS),
+        ({"name": "lenet300", "model_init": "he_normal"}, "he_normal", models.MODEL_INITS),
+        ({"name": "lenet300", "bias_init": "uniform"}, "uniform", models.BIAS_INITS),
+    ],
+)
+def test_unknown_name_raises(kwargs, bad, valid):
+  for make in (models.build, functools.partial(models.create, key=jax.random.key(0))):
+    with pytest.raises(ValueError, match=bad) as error:
+      make(num_classes=10, input_shape=(32, 32, 3), **kwargs)
+    assert all(name in str(error.value) for name in valid)
 
 
 def test_conv_model_needs_image_shape():
   with pytest.raises(ValueError, match="height, width, channels"):
-    models.create("conv2", num_classes=10, input_shape=(64,), seed=0)
+    models.build("conv2", num_classes=10, input_shape=(64,))
+  with pytest.raises(ValueError, match="height, width, channels"):
+    models.create("conv2", num_classes=10, input_shape=(64,), key=jax.random.key(0))
 
 
 @pytest.mark.parametrize("name", ["lenet300", "resnet20"])
 def test_determinism(name):
-  _, params, state = _create(name, seed=0)
+  model, params, state = _create(name, seed=0)
   _, same_params, same_state = models.create(
-      name, num_classes=NUM_CLASSES, input_shape=SMALL, seed=0
+      name, num_classes=NUM_CLASSES, input_shape=SMALL, key=jax.random.key(0)
   )
   chex.assert_trees_all_equal((params, state), (same_params, same_state))
+  chex.assert_trees_all_equal(model.init(jax.random.key(0)), (params, state))
+  # A raw uint32 key is the same key.
+  chex.assert_trees_all_equal(model.init(jax.random.PRNGKey(0)), (params, state))
   _, other_params, _ = _create(name, seed=1)
   for path, a, b in zip(_paths(params), jax.tree.leaves(params), jax.tree.leaves(other_params)):
     if path.endswith("['kernel']") or path.endswith("['scale']"):
@@ -268,3 +289,190 @@ def test_kaiming_normal_and_uniform_batchnorm_for_openlth_networks():
   assert np.all((scale >= 0) & (scale < 1)) and np.std(scale) > 0
   assert not np.any(params["stage3_block2"]["bn2"]["bias"])
   chex.assert_trees_all_equal(state["bn"], {"mean": jnp.zeros(16), "var": jnp.ones(16)})
+
+
+@pytest.mark.parametrize("name", ["lenet300", "resnet20"])
+def test_models_with_the_same_arguments_are_equal(name):
+  model, _, _ = _create(name, seed=0)
+  other_key, _, _ = _create(name, seed=1)
+  built = models.build(name, num_classes=NUM_CLASSES, input_shape=list(SMALL))
+  assert model == other_key == built and hash(model) == hash(other_key) == hash(built)
+  assert (model.name, model.num_classes, model.input_shape) == (name, NUM_CLASSES, SMALL)
+  assert model.model_init != "default" and model.bias_init == "zeros"
+  explicit = models.build(
+      name, num_classes=NUM_CLASSES, input_shape=SMALL, model_init=model.model_init
+  )
+  assert explicit == model
+  for changed in (
+      {"num_classes": 7},
+      {"input_shape": (16, 16, 1)},
+      {"model_init": "kaiming_uniform"},
+      {"bias_init": "pytorch"},
+  ):
+    kwargs = {"num_classes": NUM_CLASSES, "input_shape": SMALL, **changed}
+    assert models.build(name, **kwargs) != model, changed
+
+  traces = []
+
+  @functools.partial(jax.jit, static_argnums=0)
+  def logits(model, params, state, x):
+    traces.append(model)
+    return model.apply(params, state, x, train=False)[0]
+
+  for seed in (0, 1):
+    _, params, state = _create(name, seed=seed)
+    logits(models.build(name, num_classes=NUM_CLASSES, input_shape=SMALL), params, state, _inputs())
+  assert len(traces) == 1  # Equal models share the compiled function.
+
+
+def test_init_under_jit():
+  model, params, state = _create("lenet300")
+  jitted = jax.jit(model.init)(jax.random.key(0))
+  chex.assert_trees_all_equal(jitted, jax.jit(model.init)(jax.random.key(0)))
+  # XLA may fuse the scaling of normal draws differently from eager execution.
+  chex.assert_trees_all_close(jitted, (params, state), rtol=1e-6, atol=1e-7)
+
+
+def test_vmap_over_keys_builds_one_model_per_key():
+  model, _, _ = _create("lenet300")
+  keys = jax.random.split(jax.random.key(0), 4)
+  params, state = jax.vmap(model.init)(keys)
+  single = [model.init(key) for key in keys]
+  for index, expected in enumerate(single):
+    chex.assert_trees_all_equal(jax.tree.map(lambda a: a[index], (params, state)), expected)
+  kernels = [p["output"]["kernel"] for p, _ in single]
+  for i in range(4):
+    for j in range(i):
+      assert not np.array_equal(kernels[i], kernels[j]), (i, j)
+  logits, _ = jax.vmap(functools.partial(model.apply, train=False), in_axes=(0, 0, None))(
+      params, state, _inputs()
+  )
+  chex.assert_shape(logits, (4, BATCH, NUM_CLASSES))
+  chex.assert_trees_all_close(
+      logits[2], model.apply(*single[2], _inputs(), train=False)[0], rtol=1e-5, atol=1e-5
+  )
+
+
+def test_vmap_over_keys_stacks_batchnorm_state():
+  model, params, state = _create("resnet20")
+  stacked = jax.eval_shape(jax.vmap(model.init), jax.random.split(jax.random.key(0), 4))
+  chex.assert_trees_all_equal_shapes_and_dtypes(
+      stacked, jax.tree.map(lambda a: jax.ShapeDtypeStruct((4, *a.shape), a.dtype), (params, state))
+  )
+
+
+def _fans(kernel):
+  """(fan_in, fan_out) of a dense (in, out) or HWIO convolution kernel."""
+  receptive_field = math.prod(kernel.shape[:-2])
+  return kernel.shape[-2] * receptive_field, kernel.shape[-1] * receptive_field
+
+
+@pytest.mark.parametrize("name", ["lenet300", "resnet20"])
+def test_default_init_is_the_paper_default(name):
+  paper_default = "glorot_normal" if name == "lenet300" else "kaiming_normal"
+  model, params, state = _create(name)
+  assert model.model_init == paper_default
+  named = _create(name, model_init=paper_default)
+  assert named[0] == model
+  chex.assert_trees_all_equal(named[1:], (params, state))
+
+
+@pytest.mark.parametrize("model_init", models.MODEL_INITS[1:])
+def test_model_init_statistics(model_init):
+  _, lenet, _ = _create("lenet300", input_shape=(28, 28, 1), model_init=model_init)
+  _, resnet, _ = _create("resnet20", model_init=model_init)
+  large = {
+      "dense 784x300": lenet["dense1"]["kernel"],
+      "conv 3x3x64x64": resnet["stage3_block2"]["conv2"]["kernel"],
+  }
+  for what, kernel in large.items():
+    fan_in, fan_out = _fans(kernel)
+    fan = fan_in if model_init.startswith("kaiming") else (fan_in + fan_out) / 2
+    std = math.sqrt(1 / fan)
+    if model_init.startswith("kaiming"):
+      std *= math.sqrt(2)  # He et al.'s gain for ReLU.
+    np.testing.assert_allclose(np.std(kernel), std, rtol=0.03, err_msg=what)
+    assert abs(np.mean(kernel)) < 0.03 * std, what
+    largest = np.abs(kernel).max()
+    if model_init.endswith("uniform"):
+      bound = math.sqrt(3) * std
+      assert bound * 0.99 < largest <= bound, what
+    elif model_init == "glorot_normal":
+      # Truncated at two standard deviations of the normal before truncation.
+      assert 2.2 * std < largest <= 2 * std / 0.87962566103423978, what
+    else:
+      assert largest > 3.5 * std, what  # A plain normal, not a truncated one.
+
+
+@pytest.mark.parametrize("name", INIT_MODELS)
+@pytest.mark.parametrize("model_init", ["kaiming_uniform", "glorot_uniform"])
+def test_model_init_applies_to_every_kernel(name, model_init):
+  _, params, _ = _create(name, model_init=model_init)
+  kernels = {p: leaf for p, leaf in _leaves(params).items() if p.endswith("['kernel']")}
+  assert kernels
+  for path, kernel in kernels.items():
+    fan_in, fan_out = _fans(kernel)
+    fan = fan_in / 2 if model_init == "kaiming_uniform" else (fan_in + fan_out) / 2
+    bound = math.sqrt(3 / fan)
+    largest = np.abs(kernel).max()
+    assert 0.9 * bound < largest <= bound, path
+
+
+def _bias_fan_ins(params):
+  """{bias path: fan_in of the kernel next to it} for every dense and convolution bias."""
+  leaves = _leaves(params)
+  return {
+      path: _fans(leaves[path.replace("['bias']", "['kernel']")])[0]
+      for path in leaves
+      if path.endswith("['bias']") and "bn" not in path
+  }
+
+
+@pytest.mark.parametrize("name", INIT_MODELS)
+def test_pytorch_bias_init(name):
+  _, params, state = _create(name, bias_init="pytorch")
+  leaves = _leaves(params)
+  fan_ins = _bias_fan_ins(params)
+  assert "['output']['bias']" in fan_ins
+  for path, fan_in in fan_ins.items():
+    bias, bound = leaves[path], 1 / math.sqrt(fan_in)
+    assert np.abs(bias).max() <= bound, path
+    if bias.size >= 100:
+      assert bias.max() > 0.75 * bound and bias.min() < -0.75 * bound, path
+  for path, leaf in leaves.items():
+    if "bn" in path and path.endswith("['bias']"):
+      assert not np.any(leaf), path  # BatchNorm shifts are no layer biases.
+  # The biases draw from their own keys: kernels are the same whatever bias_init.
+  _, zero_bias_params, zero_bias_state = _create(name)
+  for path, leaf in _leaves(zero_bias_params).items():
+    if path not in fan_ins:
+      np.testing.assert_array_equal(leaves[path], leaf, err_msg=path)
+  chex.assert_trees_all_equal(state, zero_bias_state)
+
+
+def test_pytorch_bias_fan_in_for_dense_and_conv():
+  _, lenet, _ = _create("lenet300", input_shape=(28, 28, 1), bias_init="pytorch")
+  assert _bias_fan_ins(lenet) == {
+      "['dense1']['bias']": 784,
+      "['dense2']['bias']": 300,
+      "['output']['bias']": 100,
+  }
+  _, conv, _ = _create("conv2", bias_init="pytorch")
+  # 3x3 convolutions over 1 then 64 channels; 8x8 input pooled once to 4x4x64.
+  assert _bias_fan_ins(conv) == {
+      "['conv1']['bias']": 9,
+      "['conv2']['bias']": 576,
+      "['dense1']['bias']": 1024,
+      "['dense2']['bias']": 256,
+      "['output']['bias']": 256,
+  }
+  assert np.abs(conv["conv1"]["bias"]).max() > 0.75 / 3  # Spans U(-1/3, 1/3).
+
+
+@pytest.mark.parametrize("name", INIT_MODELS)
+def test_zeros_bias_init(name):
+  _, params, _ = _create(name)
+  leaves = _leaves(params)
+  assert _bias_fan_ins(params)
+  for path in _bias_fan_ins(params):
+    np.testing.assert_array_equal(leaves[path], 0.0, err_msg=path)

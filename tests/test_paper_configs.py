@@ -90,7 +90,7 @@ def test_cifar_configs_train_on_mock_data(name, tmp_path):
   summary = run_on_mock(config, tmp_path)
   assert summary["steps"] == STEPS and 0.0 <= summary["test_accuracy"] <= 1.0
   # Pruned to exactly the target: every prunable layer keeps round(density * size) weights.
-  assert config.method == "magnitude" and config.distribution == "uniform"
+  assert config.sparsifier == "magnitude" and config.distribution == "uniform"
   with open(tmp_path / "sparsity_report.json") as f:
     report = json.load(f)
   assert report and all(r["kept"] == round((1 - config.final_sparsity) * r["total"])

@@ -178,6 +178,92 @@ def test_layerwise_direct_with_densities():
   assert np.ndim(out["c"]) == 0 and bool(out["c"])  # never pruned: its density is ignored.
 
 
+# ---------------------------------------------------------------- counts given directly
+
+
+def _counts(values):
+  """Counts shaped like MASKS: ``values[name]`` for the kernels, 0 for the biases."""
+  return {n: {"kernel": values[n], "bias": 0} for n in NAMES}
+
+
+def test_layerwise_counts_keep_exactly_the_counts():
+  scores = {n: np.abs(v) for n, v in kernels(PARAMS).items()}
+  counts = {"conv1": 5, "dense1": 0, "dense2": N["dense2"]}
+  out = pruning.layerwise_counts(scores_lib.magnitude(PARAMS), _counts(counts), MASKS)
+  assert_masks_equal(out, reference_layerwise(scores, counts))
+  assert_non_prunable_untouched(out)
+  # Traced counts (under jit) select the same; layerwise() is layerwise_counts of its rounding.
+  traced = jax.jit(pruning.layerwise_counts)(scores_lib.magnitude(PARAMS), _counts(counts), MASKS)
+  chex.assert_trees_all_equal(traced, out)
+  dens = distributions.erk(PARAMS, 0.9)
+  chex.assert_trees_all_equal(
+      pruning.layerwise(scores_lib.magnitude(PARAMS), dens, MASKS),
+      pruning.layerwise_counts(scores_lib.magnitude(PARAMS),
+                               _counts({n: f32_count(dens[n]["kernel"], N[n]) for n in NAMES}),
+                               MASKS))
+
+
+def test_counts_never_revive_unless_asked():
+  half = _magnitude(PARAMS, 0.5, MASKS)
+  alive = kernels(half)
+  boosted = {n: {"kernel": jnp.where(alive[n], PARAMS[n]["kernel"], 100.0),
+                 "bias": PARAMS[n]["bias"]} for n in NAMES}
+  scores = scores_lib.magnitude(boosted)
+  counts = {"conv1": 100, "dense1": 5000, "dense2": 640}  # dense2: more than alive
+  out = kernels(pruning.layerwise_counts(scores, _counts(counts), half))
+  for n in NAMES:
+    assert out[n].sum() == min(counts[n], alive[n].sum()) and not (out[n] & ~alive[n]).any()
+  revived = kernels(pruning.layerwise_counts(scores, _counts(counts), half, revive=True))
+  for n in NAMES:  # the 100.0 weights come back first
+    assert revived[n].sum() == counts[n]
+    assert (revived[n] & ~alive[n]).sum() == min(counts[n], (~alive[n]).sum())
+  out = kernels(pruning.global_count(scores, 3000, half))
+  assert sum(v.sum() for v in out.values()) == 3000
+  assert not any((out[n] & ~alive[n]).any() for n in NAMES)
+  out = kernels(pruning.global_count(scores, 3000, half, revive=True))
+  assert sum((out[n] & ~alive[n]).sum() for n in NAMES) == 3000  # only the 100.0 weights
+
+
+@pytest.mark.parametrize("k", [0, 1, 4321, N_TOTAL])
+def test_global_count_keeps_the_top_k_over_all_leaves(k):
+  scores = {n: np.abs(v) for n, v in kernels(PARAMS).items()}
+  out = pruning.global_count(scores_lib.magnitude(PARAMS), k, MASKS)
+  assert_masks_equal(out, reference_global(scores, k))
+  assert_non_prunable_untouched(out)
+  chex.assert_trees_all_equal(
+      jax.jit(pruning.global_count)(scores_lib.magnitude(PARAMS), k, MASKS), out)
+
+
+def test_global_is_global_count_of_its_rounding():
+  s = 0.83
+  chex.assert_trees_all_equal(
+      pruning.global_(scores_lib.magnitude(PARAMS), s, MASKS),
+      pruning.global_count(scores_lib.magnitude(PARAMS),
+                           f32_count(np.float32(1) - np.float32(s), N_TOTAL), MASKS))
+
+
+def test_bad_counts_name_the_path():
+  scores = scores_lib.magnitude(PARAMS)
+  good = {"conv1": 5, "dense1": 0, "dense2": 3}
+  for n, bad, shown in [("dense1", -1, "=-1 is outside [0, 16384]"),
+                        ("dense2", 641, "=641 is outside [0, 640]"),
+                        ("conv1", 2.0, "must be one integer"),
+                        ("conv1", jnp.ones(2, jnp.int32), "must be one integer")]:
+    with pytest.raises(ValueError, match=re.escape(f"the count for ['{n}']['kernel']") + ".*"
+                       + re.escape(shown)):
+      pruning.layerwise_counts(scores, _counts({**good, n: bad}), MASKS)
+  counts = _counts(good)
+  del counts["dense2"]
+  with pytest.raises(ValueError, match=re.escape("['dense2']['bias'] is in the masks but not in "
+                                                 "the counts")):
+    pruning.layerwise_counts(scores, counts, MASKS)
+  for k in (-1, N_TOTAL + 1):
+    with pytest.raises(ValueError, match=re.escape(f"k={k} is outside [0, {N_TOTAL}]")):
+      pruning.global_count(scores, k, MASKS)
+  with pytest.raises(ValueError, match="k must be one integer"):
+    pruning.global_count(scores, 0.5, MASKS)
+
+
 # ---------------------------------------------------------------- ties
 
 

@@ -22,7 +22,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 from experiments import config as config_lib
-from experiments import experiment, trainer
+from experiments import experiment
+from experiments import workdir as workdir_lib
 from workdir_files import checkpoint_steps, read_json, read_metrics, tensorboard_scalars
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,8 +55,9 @@ def digits_config(**overrides):
 
 
 def read_masks(workdir):
+  """The prunable leaves' masks of a ``masks.npz`` (every leaf, keyed by param path)."""
   with np.load(Path(workdir) / "masks.npz") as npz:
-    return {k: npz[k] for k in npz.files}
+    return {k: npz[k] for k in npz.files if npz[k].ndim > 0}
 
 
 def assert_tensorboard_matches(directory, rows, tags):
@@ -170,7 +172,9 @@ def test_outputs(tmp_path_factory):
   assert not [n for n in names if n.endswith(".tmp") or ".tmp." in n]
 
   saved_config = read_json(workdir / "config.json")
-  assert saved_config == json.loads(digits_config(method="magnitude").to_json())
+  resolved = config_lib.finalize(digits_config(method="magnitude"))
+  assert saved_config == json.loads(resolved.to_json())
+  assert (saved_config["protocol"], saved_config["sparsifier"]) == ("train", "magnitude")
 
   on_disk = read_json(workdir / "summary.json")
   assert isinstance(on_disk, dict) and SUMMARY_KEYS <= set(on_disk)
@@ -244,7 +248,7 @@ def test_rerun_after_a_crash_before_the_first_checkpoint(tmp_path, monkeypatch):
 
   config = lambda: digits_config(method="magnitude", checkpoint_every="200it")
   with monkeypatch.context() as patch:
-    patch.setattr(trainer.Checkpoints, "save", crash)  # dies saving its first checkpoint
+    patch.setattr(workdir_lib.Checkpoints, "save", crash)  # dies saving its first checkpoint
     with pytest.raises(Crash):
       experiment.run(config(), str(tmp_path))
   assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [0, 100, 200]
@@ -332,7 +336,7 @@ def test_command_line_overrides(tmp_path):
   assert saved_config["final_sparsity"] == 0.5
   assert summary["density"] == pytest.approx(0.5, abs=1e-4)
   # Keys not overridden keep the config file's values.
-  assert saved_config["method"] == summary["method"] == "magnitude"
+  assert saved_config["sparsifier"] == summary["sparsifier"] == summary["method"] == "magnitude"
   assert saved_config["dataset"] == "digits"
   assert summary["steps"] == 200
   assert "test accuracy" in result.stdout
@@ -356,6 +360,8 @@ ERROR_CASES = {
     "wrong_type": (("--config.batch_size=abc",), ("batch_size", "abc")),
     "bad_value": (("--config.final_sparsity=1.5",), ("final_sparsity",)),
     "unknown_method": (("--config.method=bogus",), ("method", "bogus")),
+    "unknown_sparsifier": (("--config.sparsifier=bogus",), ("sparsifier", "bogus", "magnitude")),
+    "unknown_protocol": (("--config.protocol=bogus",), ("protocol", "bogus", "imp")),
     "unknown_model": (("--config.model=bogus",), ("model", "bogus")),
     "unknown_dataset": (("--config.dataset=bogus",), ("dataset", "bogus")),
     "missing_idx_dir": (("--config.dataset=idx:/nonexistent",), ("/nonexistent",)),

@@ -175,8 +175,12 @@ def test_bad_steps_and_power():
 
 
 def test_bad_imp_arguments():
-  with pytest.raises(ValueError, match=re.escape("prune_fraction=1.0")):
+  with pytest.raises(ValueError, match=re.escape("prune_fraction=1.0 is outside [0, 1)")) as err:
     schedules.imp_density(2, 1.0)
+  assert "surviving weights pruned per level" in str(err.value)
+  with pytest.raises(ValueError, match=re.escape("fraction for 'output'=-0.5 is outside")):
+    schedules.check_prune_fraction(-0.5, "fraction for 'output'")
+  schedules.check_prune_fraction(0.0)
   with pytest.raises(ValueError, match=re.escape("level=-1")):
     schedules.imp_density(-1, 0.2)
 

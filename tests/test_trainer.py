@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from experiments import config as config_lib
-from experiments import experiment, trainer
+from experiments import setup as setup_lib
+from experiments import trainer
 from workdir_files import checkpoint_steps, read_metrics
 
 # ---------------------------------------------------------------------------------------------
@@ -141,23 +142,25 @@ def test_resume_between_two_logs_logs_the_uninterrupted_metrics(tmp_path):
   config.steps, config.log_every, config.eval_every = "300it", "100it", "100it"
   config.checkpoint_every = "150it"  # not a multiple of log_every: a checkpoint between logs
   config = config_lib.finalize(config)
-  task, params, model_state = experiment.build_task(config, experiment.load_data(config))
-  optimizer = trainer.base_optimizer(config, trainer.learning_rate_schedule(config,
-                                                                            task.durations))
-  train_steps, evaluate = trainer.make_train_steps(task, optimizer), trainer.make_evaluate(task)
-  fresh = lambda: trainer.init_state(params, model_state, optimizer, config.seed)
+  setup = setup_lib.build(config, str(tmp_path))
+  task, key = setup.task, setup.key()
+  params, model_state = setup.init(key)
+  sparsifier = setup.sparsifier(params, model_state, key)
+  train_steps = trainer.make_train_steps(task, sparsifier)
+  evaluate = trainer.make_evaluate(task)
+  fresh = lambda: trainer.init_state(params, model_state, sparsifier.tx, key)
 
   def killed_after_150(state, n):
     if int(state["step"]) >= 150:
       raise Crash
     return train_steps(state, n)
 
-  trainer.train(task, train_steps, evaluate, fresh(), str(tmp_path / "uninterrupted"))
+  trainer.train(task, sparsifier, train_steps, evaluate, fresh(), str(tmp_path / "uninterrupted"))
   resumed = tmp_path / "resumed"
   with pytest.raises(Crash):
-    trainer.train(task, killed_after_150, evaluate, fresh(), str(resumed))
+    trainer.train(task, sparsifier, killed_after_150, evaluate, fresh(), str(resumed))
   assert checkpoint_steps(resumed / "checkpoints") == [150]
-  trainer.train(task, train_steps, evaluate, fresh(), str(resumed))
+  trainer.train(task, sparsifier, train_steps, evaluate, fresh(), str(resumed))
 
   rows_a = read_metrics(tmp_path / "uninterrupted" / "metrics.jsonl")
   rows_b = read_metrics(resumed / "metrics.jsonl")

@@ -131,7 +131,7 @@ class StaticMasksTest(parameterized.TestCase):
     state = opt.init(params)
     params, state = step(params, state, jax.random.key(0))
     new_masks = pruning.magnitude(params, 0.5, transforms.get_masks(state))
-    state = transforms.set_masks(state, new_masks)
+    state = transforms.set_masks(state, new_masks, inner=optax.sgd(0.1))
     params, state = step(params, state, jax.random.key(1))
     self.assertLen(traces, 1)
     np.testing.assert_array_equal(pruned_values(params, new_masks), 0.0)
@@ -144,7 +144,7 @@ class StaticMasksTest(parameterized.TestCase):
     for i in range(3):
       params, state = step(params, state, jax.random.key(i))
     new_masks = pruning.magnitude(params, 0.5, transforms.get_masks(state))
-    replaced = transforms.set_masks(state, new_masks)
+    replaced = transforms.set_masks(state, new_masks, inner=optax.adam(1e-2))
     adam_before, adam_after = state.inner_state[0], replaced.inner_state[0]
     for before, after in ((adam_before.mu, adam_after.mu), (adam_before.nu, adam_after.nu)):
       self.assertTrue(np.all(pruned_values(before, new_masks) != 0.0))
@@ -153,6 +153,43 @@ class StaticMasksTest(parameterized.TestCase):
                          jax.tree.leaves(new_masks)):
         keep = np.broadcast_to(np.asarray(m), np.shape(b))
         np.testing.assert_array_equal(np.asarray(a)[keep], np.asarray(b)[keep])
+
+  @parameterized.named_parameters(*[(name, name) for name in [*INNER, "inject_momentum"]])
+  def test_set_masks_zeros_every_params_shaped_part_of_any_inner_state(self, name):
+    params = small_params()
+    inner = (optax.inject_hyperparams(optax.sgd)(learning_rate=0.1, momentum=0.9)
+             if name == "inject_momentum" else INNER[name]())
+    opt = optax.chain(optax.clip_by_global_norm(1.0),
+                      transforms.static_masks(inner, masks_lib.ones_like(params)))
+    step = make_step(opt)
+    state = opt.init(params)
+    for i in range(3):
+      params, state = step(params, state, jax.random.key(i))
+    new_masks = pruning.magnitude(params, 0.5, transforms.get_masks(state))
+    replaced = transforms.set_masks(state, new_masks, inner=inner)
+    chex.assert_trees_all_equal_structs(replaced, state)
+    inner_state = replaced[1].inner_state
+    parts = state_params_like(inner_state, params)
+    momenta = {"sgd": 0, "momentum": 1, "nesterov": 1, "inject_momentum": 1}
+    self.assertLen(parts, momenta.get(name, 2))  # Adam: mu and nu
+    for tree in parts:
+      np.testing.assert_array_equal(pruned_values(tree, new_masks), 0.0)
+    # Everything else is left as it was (counts, clipping and hyperparameter states).
+    before = [x for x in jax.tree.leaves(state[1].inner_state) if np.ndim(x) == 0]
+    after = [x for x in jax.tree.leaves(inner_state) if np.ndim(x) == 0]
+    chex.assert_trees_all_equal(after, before)
+
+  def test_set_masks_needs_the_inner_optimizer_of_the_state(self):
+    params = small_params()
+    opt = transforms.static_masks(optax.adam(1e-2), masks_lib.ones_like(params))
+    state = opt.init(params)
+    for wrong in (optax.sgd(0.1, momentum=0.9), opt):
+      with pytest.raises(ValueError, match="pass the optimizer that the sparse transformation"):
+        transforms.set_masks(state, masks_lib.ones_like(params), inner=wrong)
+    masked = optax.masked(optax.sgd(0.1, momentum=0.9), jax.tree.map(lambda x: x.ndim > 1, params))
+    state = transforms.static_masks(masked, masks_lib.ones_like(params)).init(params)
+    with pytest.raises(ValueError, match="optax.masked"):
+      transforms.set_masks(state, masks_lib.ones_like(params), inner=masked)
 
   def test_pruned_gradients_do_not_leak_through_global_norm_clipping(self):
     params = small_params()
@@ -191,9 +228,10 @@ class StaticMasksTest(parameterized.TestCase):
       new = masks_lib.ones_like(params)
       change(new)
       with pytest.raises(ValueError, match=re.escape(path)):
-        transforms.set_masks(state, new)
+        transforms.set_masks(state, new, inner=optax.sgd(0.1))
     chex.assert_trees_all_equal(
-        transforms.get_masks(transforms.set_masks(state, masks_lib.ones_like(params))),
+        transforms.get_masks(transforms.set_masks(state, masks_lib.ones_like(params),
+                                                  inner=optax.sgd(0.1))),
         masks_lib.ones_like(params))
 
   def test_mismatched_masks_name_the_path(self):
@@ -324,6 +362,38 @@ class MagnitudePruningTest(chex.TestCase):
                                      params["output"]["kernel"])))
     with pytest.raises(ValueError, match="found 0"):
       transforms.get_masks(optax.adam(1e-3).init(params))
+
+  def test_update_count_saturates(self):
+    params = small_params()
+    opt = transforms.magnitude_pruning(optax.sgd(0.1), schedules.one_shot(0.5, step=3))
+    state = opt.init(params)
+    grads = jax.tree.map(jnp.zeros_like, params)
+    _, state = opt.update(grads, state, params)
+    self.assertEqual(int(state.count), 1)
+    last = jnp.iinfo(jnp.int32).max
+    _, state = opt.update(grads, state._replace(count=jnp.int32(last)), params)
+    self.assertEqual(int(state.count), last)
+    self.assertEqual(state.count.dtype, jnp.int32)
+
+  def test_one_shot_pruning_is_snip_at_step_zero(self):
+    params = small_params()
+    grads = random_grads(jax.random.key(5), params)
+    opt = transforms.one_shot_pruning(optax.sgd(0.1, momentum=0.9), 0.8,
+                                      lambda p, g: jax.tree.map(lambda w, d: jnp.abs(w * d), p, g),
+                                      distribution="global")
+    state = opt.init(params)
+    updates, state = opt.update(grads, state, params)
+    expected = pruning.snip(params, grads, 0.8, "global")
+    chex.assert_trees_all_equal(transforms.get_masks(state), expected)
+    params = optax.apply_updates(params, updates)
+    np.testing.assert_array_equal(pruned_values(params, expected), 0.0)
+    # No other step changes the masks.
+    step = make_step(opt)
+    for i in range(4):
+      params, state = step(params, state, jax.random.key(i))
+      chex.assert_trees_all_equal(transforms.get_masks(state), expected)
+    with pytest.raises(ValueError, match="sparsity=1.0"):
+      transforms.one_shot_pruning(optax.sgd(0.1), 1.0, lambda p, g: p)
 
   def test_prunable_and_initial_masks_together_is_an_error(self):
     params = small_params()

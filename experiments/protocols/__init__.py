@@ -1,0 +1,25 @@
+"""Protocols: the sequence of trainings a run does, each with its own outputs and report.
+
+A protocol is registered under the name the config's ``protocol`` key selects
+(:mod:`experiments.registry`), with the config keys it owns. Its function takes the run's
+:class:`~experiments.setup.Setup`, does its trainings in the setup's workdir (resuming what is
+there) and returns the run's summary (also written to ``summary.json``). Options:
+
+- ``report(summary, workdir) -> str``: what the command line prints at the end;
+- ``extendable``: config keys whose value may grow in a finished workdir (the run is extended);
+- ``restartable(workdir) -> bool``: whether a workdir holds nothing to resume, so that another
+  config may replace it.
+
+Built in: ``train`` (one training with the config's sparsifier) and ``imp`` (lottery tickets:
+iterative magnitude pruning with rewinding, its controls and instability).
+"""
+
+from experiments.protocols import imp, train  # noqa: F401 (registrations)
+from experiments.registry import PROTOCOLS
+
+register = PROTOCOLS.register
+
+
+def report(name: str, summary: dict, workdir: str) -> str:
+  """The printed report of protocol ``name``'s run."""
+  return PROTOCOLS.get(name).options["report"](summary, workdir)

@@ -1,0 +1,148 @@
+"""Sparsifiers: what one training needs from a sparse method, built from the config.
+
+A sparsifier is registered under the name the config's ``sparsifier`` key selects, with the config
+keys it owns (:mod:`experiments.registry`). Its builder takes a :class:`Context` and returns a
+:class:`Sparsifier`:
+
+- ``tx``: an optax transformation around the dense optimizer (masks in its state);
+- ``forward(params, opt_state, step) -> params``: the effective params the loss and the
+  evaluation see (the identity for mask-based methods; soft or straight-through masks use it);
+- ``masks(opt_state, params) -> masks``: the masks the method holds now (a mask pytree).
+
+Built in: ``dense``, ``magnitude`` (gradual magnitude pruning, Zhu & Gupta 2017), ``random``
+(random pruning at initialization, Liu et al. 2022) and ``snip`` (Lee et al. 2019). A new one::
+
+  from experiments import sparsifiers
+
+  @sparsifiers.register("half_random", keys={"half_seed": 0})
+  def half_random(ctx):
+    masks = sparsejax.pruning.random(ctx.key, ctx.params, 0.5, "uniform", ctx.prunable)
+    return sparsifiers.with_masks(sparsejax.transforms.static_masks(ctx.inner, masks))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import ml_collections
+import optax
+
+from experiments import data as data_lib
+from experiments import parsing
+from experiments.registry import SPARSIFIERS
+from sparsejax import masks as masks_lib
+from sparsejax import pruning, schedules, transforms
+
+PyTree = Any
+DISTRIBUTIONS = ("uniform", "er", "erk", "global")
+
+register = SPARSIFIERS.register
+
+
+def identity(params, opt_state, step):
+  """The forward-time function of mask-based methods: the params themselves."""
+  del opt_state, step
+  return params
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Sparsifier:
+  """What one training needs: see the module docstring."""
+  tx: optax.GradientTransformation
+  masks: Callable[[optax.OptState, PyTree], PyTree]
+  forward: Callable[[PyTree, optax.OptState, Any], PyTree] = identity
+
+
+def with_masks(tx: optax.GradientTransformation) -> Sparsifier:
+  """A sparsifier whose masks live in a sparsejax transformation's state (``get_masks``)."""
+  return Sparsifier(tx, lambda opt_state, params: transforms.get_masks(opt_state))
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+  """What a sparsifier is built from."""
+  config: ml_collections.ConfigDict
+  inner: optax.GradientTransformation  # the dense optimizer
+  params: PyTree                       # the initial params
+  model_state: PyTree
+  task: Any                            # experiments.trainer.Task (model, data, durations)
+  key: jax.Array                       # the sparsifier's own random stream
+  prunable: masks_lib.Prunable
+
+
+def build(ctx: Context) -> Sparsifier:
+  """The sparsifier the config selects."""
+  return SPARSIFIERS.get(ctx.config.sparsifier).build(ctx)
+
+
+@register("dense")
+def dense(ctx: Context) -> Sparsifier:
+  """No pruning: the dense optimizer; every prunable weight counts as kept."""
+  prunable = ctx.prunable
+  return Sparsifier(ctx.inner, lambda opt_state, params: masks_lib.ones_like(params, prunable))
+
+
+def _validate_sparsity(config) -> None:
+  parsing.check_fraction("final_sparsity", config.final_sparsity)
+  parsing.choice("distribution", config.distribution, DISTRIBUTIONS)
+
+
+_SPARSITY_KEYS = {"final_sparsity": 0.9, "distribution": "uniform"}
+
+
+def _validate_magnitude(config) -> None:
+  _validate_sparsity(config)
+  parsing.check_durations(config, "pruning_begin", "pruning_frequency", percent=["pruning_end"])
+  if config.pruning_power <= 0:
+    raise parsing.ConfigError(f"pruning_power={config.pruning_power!r} must be positive "
+                              "(Zhu & Gupta use 3).")
+
+
+@register("magnitude", validate=_validate_magnitude,
+          keys={**_SPARSITY_KEYS, "pruning_begin": "0it", "pruning_end": "75%",
+                "pruning_frequency": "100it", "pruning_power": 3.0})
+def magnitude(ctx: Context) -> Sparsifier:
+  """Gradual magnitude pruning on Zhu & Gupta's polynomial schedule (eq. 1).
+
+  ``pruning_end`` may be a percentage of the training steps.
+  """
+  c, d = ctx.config, ctx.task.durations
+  spe = d.steps_per_epoch
+  begin = parsing.parse_duration(c.pruning_begin, spe, "pruning_begin")
+  end = parsing.parse_duration(c.pruning_end, spe, "pruning_end", total=d.total)
+  frequency = max(1, parsing.parse_duration(c.pruning_frequency, spe, "pruning_frequency"))
+  schedule = schedules.polynomial(c.final_sparsity, begin, max(end, begin + 1), frequency,
+                                  power=c.pruning_power)
+  return with_masks(transforms.magnitude_pruning(ctx.inner, schedule, c.distribution,
+                                                 ctx.prunable))
+
+
+@register("random", validate=_validate_sparsity, keys=_SPARSITY_KEYS)
+def random(ctx: Context) -> Sparsifier:
+  """Random pruning at initialization with uniform / ER / ERK densities (Liu et al. 2022)."""
+  masks = pruning.random(ctx.key, ctx.params, ctx.config.final_sparsity, ctx.config.distribution,
+                         ctx.prunable)
+  return with_masks(transforms.static_masks(ctx.inner, masks))
+
+
+def _validate_snip(config) -> None:
+  _validate_sparsity(config)
+  if config.snip_batch_size <= 0:
+    raise parsing.ConfigError(
+        f"snip_batch_size={config.snip_batch_size!r} must be a positive integer.")
+
+
+@register("snip", validate=_validate_snip, keys={**_SPARSITY_KEYS, "snip_batch_size": 128})
+def snip(ctx: Context) -> Sparsifier:
+  """SNIP (Lee et al. 2019): one-shot |g * w| on one training batch at initialization."""
+  data = ctx.task.data
+  n = min(ctx.config.snip_batch_size, data.num_train)
+  perm = data_lib.epoch_permutation(ctx.key, 0, data.num_train)
+  x, y = data_lib.batch_at(data.train_x, data.train_y, perm, 0, n)
+  grads, _ = jax.grad(ctx.task.loss, has_aux=True)(ctx.params, ctx.model_state, x, y, True)
+  masks = pruning.snip(ctx.params, grads, ctx.config.final_sparsity, ctx.config.distribution,
+                       ctx.prunable)
+  return with_masks(transforms.static_masks(ctx.inner, masks))

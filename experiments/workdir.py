@@ -1,0 +1,162 @@
+"""Every file a run leaves, in one place: the leaf of the runner.
+
+Text, JSON and arrays are written atomically through :mod:`sparsejax.files` (a temp file in the
+same directory, then a rename; modes honour the umask; arrays keyed by param path), and only by
+process 0 (:func:`sparsejax.files.is_writer`), so a multi-host run writes each file once. Orbax
+writes the checkpoints (atomic, multi-process aware); ``metrics.jsonl`` and TensorBoard event
+files are appended by :class:`MetricWriter`.
+
+A workdir records its config in ``config.json``; :func:`prepare` refuses a workdir that holds a
+run with another config, except for the changes the run's protocol accepts (extending a
+lottery-ticket run with more levels) and for a run that holds nothing to resume.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from absl import logging
+from tensorboardX import SummaryWriter
+
+from experiments.parsing import ConfigError
+from sparsejax import files
+from sparsejax import masks as masks_lib
+
+PyTree = Any
+
+is_writer = files.is_writer
+write_bytes = files.write_bytes
+write_text = files.write_text
+write_json = files.write_json
+read_json = files.read_json
+save_arrays = files.save_arrays
+load_arrays = files.load_arrays
+
+
+def holds_checkpoint(directory: str) -> bool:
+  """Whether ``directory`` holds an orbax checkpoint of a training (``checkpoints/<step>``)."""
+  checkpoints = os.path.join(directory, "checkpoints")
+  return os.path.isdir(checkpoints) and any(name.isdigit() for name in os.listdir(checkpoints))
+
+
+def prepare(workdir: str, config: ml_collections.ConfigDict, *, extendable: Sequence[str] = (),
+            restartable: Callable[[str], bool] = lambda workdir: False) -> None:
+  """Creates ``workdir``, or checks that the run it holds has the same config.
+
+  Args:
+    workdir: the run's directory.
+    config: the resolved config, recorded in ``config.json``.
+    extendable: keys whose value may grow in place (the protocol reuses what is done).
+    restartable: whether the run in a workdir holds nothing to resume (it stopped before its
+      first checkpoint, e.g. on a NaN loss), so that any config may replace it.
+  """
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = tempfile.NamedTemporaryFile(dir=workdir, delete=True)
+    probe.close()
+  except OSError as e:
+    raise ConfigError(f"workdir={workdir!r} is not writable ({e.strerror}); "
+                      "pass a directory you can write to.") from None
+  path = os.path.join(workdir, "config.json")
+  current = json.loads(config.to_json())
+  previous = read_json(path)
+  if previous is not None:
+    differing = sorted(k for k in set(previous) | set(current)
+                       if previous.get(k) != current.get(k))
+    if not differing:
+      return
+    detail = ", ".join(f"{k}: {previous.get(k)!r} -> {current.get(k)!r}" for k in differing)
+    same_kind = all(previous.get(k) == current.get(k) for k in ("protocol", "sparsifier"))
+    if same_kind and set(differing) <= set(extendable) and all(
+        current[k] > previous[k] for k in differing):
+      logging.info("extending the run in %s: %s", workdir, detail)
+    elif restartable(workdir):
+      logging.info("replacing the config of %s, which holds nothing to resume: %s", workdir,
+                   detail)
+    else:
+      raise ConfigError(f"workdir={workdir!r} holds a run with a different config ({detail}); "
+                        "use a new --workdir, or the same config to resume.")
+  write_json(path, current)
+
+
+def save_masks(directory: str, params: PyTree, masks: PyTree) -> None:
+  """``masks.npz`` (every mask leaf by param path) and the per-layer sparsity report."""
+  save_arrays(os.path.join(directory, "masks.npz"), masks)
+  rows = masks_lib.summary(params, masks)
+  write_json(os.path.join(directory, "sparsity_report.json"),
+             [{"path": r.path, "shape": list(r.shape), "kept": r.kept, "total": r.total,
+               "density": r.density} for r in rows])
+  write_text(os.path.join(directory, "sparsity_report.txt"),
+             masks_lib.summary_table(params, masks) + "\n")
+
+
+class MetricWriter:
+  """Appends metric rows to ``metrics.jsonl`` and TensorBoard event files in ``directory``.
+
+  ``resume_step`` is the step of the checkpoint the run resumes from, or None for a run from
+  scratch: rows and events after it belong to work that is redone now, so they are dropped
+  (TensorBoard's ``purge_step`` hides the events). Only process 0 writes.
+  """
+
+  def __init__(self, directory: str, resume_step: int | None):
+    self.path = os.path.join(directory, "metrics.jsonl")
+    self.tb = None
+    if not is_writer():
+      return
+    if os.path.exists(self.path):
+      with open(self.path) as f:
+        kept = [line for line in f
+                if resume_step is not None and json.loads(line)["step"] <= resume_step]
+      write_text(self.path, "".join(kept))
+    purge_step = 0 if resume_step is None else resume_step + 1
+    # Event files are named by the second they are opened in; the suffix keeps a file opened in
+    # the same second by an earlier training of this directory from being overwritten.
+    self.tb = SummaryWriter(os.path.join(directory, "tensorboard"), purge_step=purge_step,
+                            filename_suffix=f".from_step_{purge_step}")
+
+  def write(self, step: int, **metrics):
+    if self.tb is None:
+      return
+    with open(self.path, "a") as f:
+      f.write(json.dumps({"step": step, **metrics}) + "\n")
+    for name, value in metrics.items():
+      self.tb.add_scalar(name, value, step)
+
+  def close(self):
+    if self.tb is not None:
+      self.tb.close()
+
+
+class Checkpoints:
+  """Atomic orbax checkpoints of a training state plus a JSON record of the run so far."""
+
+  def __init__(self, directory: str, max_to_keep: int = 2):
+    self.manager = ocp.CheckpointManager(
+        os.path.abspath(directory),
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                             enable_async_checkpointing=False),
+        item_names=("state", "record"))
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state: dict, record: dict):
+    self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                    record=ocp.args.JsonSave(record)), force=True)
+    self.manager.wait_until_finished()
+
+  def restore(self, step: int, target: dict) -> tuple[dict, dict]:
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    restored = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), record=ocp.args.JsonRestore()))
+    return restored["state"], restored["record"]
+
+  def close(self):
+    self.manager.close()
