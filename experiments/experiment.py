@@ -19,6 +19,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs (or resumes) the experiment ``config`` in ``workdir`` and returns its summary."""
   config = config_lib.finalize(config)
   protocol = PROTOCOLS.get(config.protocol)
+  unused = config_lib.runner_defaults().sparsifier
+  if not protocol.options.get("uses_sparsifier", True) and config.sparsifier != unused:
+    raise config_lib.ConfigError(
+        f"sparsifier={config.sparsifier!r}: protocol {config.protocol!r} prunes by itself and "
+        f"trains with its own masks; leave sparsifier={unused!r}.")
   # Data, model and prunable-layer errors come before the workdir records the config, so that the
   # corrected config can still use the same workdir.
   setup = setup_lib.build(config, workdir)

@@ -16,9 +16,12 @@ The state is a plain dict (``step``, ``params``, ``model_state``, ``opt_state``,
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -43,6 +46,33 @@ EVAL_BATCH = 1000
 
 class TrainingError(RuntimeError):
   """Training cannot go on (e.g. the loss became NaN); the message says at which step."""
+
+
+class Preempted(RuntimeError):
+  """SIGTERM arrived (a preemption); a checkpoint was saved and the same command resumes."""
+
+
+_STOP = threading.Event()  # set by SIGTERM; the training loop stops at its next chunk boundary
+
+
+def request_stop(signum=None, frame=None) -> None:
+  """Asks the running (or the next) training to checkpoint and raise :class:`Preempted`; the
+  SIGTERM handler (install it with ``signal.signal(signal.SIGTERM, request_stop)``)."""
+  del signum, frame
+  _STOP.set()
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm():
+  """SIGTERM calls :func:`request_stop` while the block runs (in the main thread)."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  previous = signal.signal(signal.SIGTERM, request_stop)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGTERM, previous)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -257,7 +287,9 @@ def train(task: Task, sparsifier: Sparsifier, train_steps: Callable, evaluate: C
 
   Returns the final state and a summary dict (test accuracy, best accuracy, early-stop step,
   density, steps, wall seconds). Everything is written under ``workdir``: ``checkpoints/``,
-  ``metrics.jsonl``, ``tensorboard/``.
+  ``metrics.jsonl``, ``tensorboard/``. An unreadable latest checkpoint is passed over for the one
+  before it. SIGTERM (a preemption) saves a checkpoint at the end of the running chunk of steps
+  and raises :class:`Preempted`.
   """
   d = task.durations
   end = d.total if end_step is None else end_step
@@ -266,11 +298,9 @@ def train(task: Task, sparsifier: Sparsifier, train_steps: Callable, evaluate: C
   state = jax.device_put(state, jax.devices()[0])
   os.makedirs(workdir, exist_ok=True)
   checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"))
-  record = Record()
-  latest = checkpoints.latest_step()
+  latest, state, saved = checkpoints.restore_latest(state, label)
+  record = Record(**saved)
   if latest is not None:
-    state, saved = checkpoints.restore(latest, state)
-    record = Record(**saved)
     logging.info("%sresumed from the checkpoint at step %d", label, latest)
   step = int(state["step"])
   writer = MetricWriter(workdir, latest)
@@ -281,7 +311,10 @@ def train(task: Task, sparsifier: Sparsifier, train_steps: Callable, evaluate: C
     return min(end, *((s // every + 1) * every for every in (d.eval_every, d.log_every,
                                                              d.checkpoint_every)))
 
-  try:
+  with contextlib.ExitStack() as stack:
+    stack.enter_context(_stop_on_sigterm())
+    stack.callback(checkpoints.close)
+    stack.callback(writer.close)
     if not record.evals:
       test_loss, test_acc = (float(v) for v in evaluate_state(evaluate, sparsifier, state))
       record.evals.append([step, test_loss, test_acc])
@@ -321,12 +354,14 @@ def train(task: Task, sparsifier: Sparsifier, train_steps: Callable, evaluate: C
                        "%.0f it/s | ETA %s", label, step, end, 100 * step / end,
                        metrics["train_loss"], metrics["train_accuracy"], test,
                        metrics["density"], metrics["steps_per_second"], _format_eta(eta))
-      if step % d.checkpoint_every == 0 or step == end:
+      stop = _STOP.is_set() and step < end
+      if step % d.checkpoint_every == 0 or step == end or stop:
         record.wall_seconds = time.time() - start_wall
         checkpoints.save(step, state, dataclasses.asdict(record))
-  finally:
-    writer.close()
-    checkpoints.close()
+      if stop:
+        _STOP.clear()
+        raise Preempted(f"{label}stopped by SIGTERM at step {step} of {end}; the checkpoint is "
+                        f"saved in {workdir}: run the same command to resume.")
 
   final_loss, final_acc = record.evals[-1][1], record.evals[-1][2]
   masks = masks_of(sparsifier, state)

@@ -13,9 +13,12 @@ lottery-ticket run with more levels) and for a run that holds nothing to resume.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -37,7 +40,6 @@ write_text = files.write_text
 write_json = files.write_json
 read_json = files.read_json
 save_arrays = files.save_arrays
-load_arrays = files.load_arrays
 
 
 def holds_checkpoint(directory: str) -> bool:
@@ -66,7 +68,11 @@ def prepare(workdir: str, config: ml_collections.ConfigDict, *, extendable: Sequ
                       "pass a directory you can write to.") from None
   path = os.path.join(workdir, "config.json")
   current = json.loads(config.to_json())
-  previous = read_json(path)
+  try:
+    previous = read_json(path)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ConfigError(f"workdir={workdir!r}: its config.json is unreadable ({e}); it records "
+                      "which run the workdir holds: restore it, or use a new --workdir.") from None
   if previous is not None:
     differing = sorted(k for k in set(previous) | set(current)
                        if previous.get(k) != current.get(k))
@@ -111,9 +117,15 @@ class MetricWriter:
     if not is_writer():
       return
     if os.path.exists(self.path):
-      with open(self.path) as f:
-        kept = [line for line in f
-                if resume_step is not None and json.loads(line)["step"] <= resume_step]
+      kept = []
+      with open(self.path, errors="replace") as f:
+        for line in f:
+          try:
+            row = json.loads(line)
+          except json.JSONDecodeError:  # a row cut short by a kill: its step is redone
+            continue
+          if resume_step is not None and row["step"] <= resume_step:
+            kept.append(line if line.endswith("\n") else line + "\n")
       write_text(self.path, "".join(kept))
     purge_step = 0 if resume_step is None else resume_step + 1
     # Event files are named by the second they are opened in; the suffix keeps a file opened in
@@ -135,9 +147,14 @@ class MetricWriter:
 
 
 class Checkpoints:
-  """Atomic orbax checkpoints of a training state plus a JSON record of the run so far."""
+  """Atomic orbax checkpoints of a training state plus a JSON record of the run so far.
+
+  Two are kept, so that an unreadable latest one (a copy interrupted, a bad disk) leaves the one
+  before it to resume from (:meth:`restore_latest`).
+  """
 
   def __init__(self, directory: str, max_to_keep: int = 2):
+    self.directory = os.path.abspath(directory)
     self.manager = ocp.CheckpointManager(
         os.path.abspath(directory),
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
@@ -158,5 +175,40 @@ class Checkpoints:
         state=ocp.args.StandardRestore(abstract), record=ocp.args.JsonRestore()))
     return restored["state"], restored["record"]
 
+  def restore_latest(self, target: dict, label: str = "") -> tuple[int | None, dict, dict]:
+    """``(step, state, record)`` of the newest readable checkpoint, or ``(None, target, {})``.
+
+    A checkpoint that cannot be read is reported and moved aside, into ``<directory>.unreadable/``
+    (kept for inspection, and out of the way of a new checkpoint at its step), and the one before
+    it is tried.
+    """
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        state, record = self.restore(step, target)
+      except Exception as e:  # orbax and tensorstore raise many kinds for a damaged file
+        aside = os.path.join(f"{self.directory}.unreadable", f"{step}.{int(time.time())}")
+        logging.warning("%sthe checkpoint at step %d in %s is unreadable (%s: %s); moved to %s, "
+                        "falling back to the one before it", label, step, self.directory,
+                        type(e).__name__, str(e).strip().splitlines()[0][:200] if str(e) else "",
+                        aside)
+        if is_writer():
+          os.makedirs(os.path.dirname(aside), exist_ok=True)
+          shutil.move(os.path.join(self.directory, str(step)), aside)
+        self.manager.reload()
+        continue
+      return step, state, record
+    return None, target, {}
+
   def close(self):
     self.manager.close()
+
+
+def disk_full(error: BaseException) -> bool:
+  """Whether ``error`` (or what caused it) is a full disk or an exceeded quota."""
+  while error is not None:
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+      return True
+    if "No space left on device" in str(error) or "Disk quota exceeded" in str(error):
+      return True
+    error = error.__cause__ or error.__context__
+  return False

@@ -192,6 +192,33 @@ def level_dir(directory: str, level: int) -> str:
   return os.path.join(directory, f"level_{level}")
 
 
+def _owned(tree: PyTree) -> PyTree:
+  """A copy of ``tree`` that no later in-place update of the caller's model can change.
+
+  A Flax NNX ``nnx.state(model)`` is a view of the model: its arrays are replaced as the model
+  trains, so weights kept as given would silently become later ones.
+  """
+  return jax.tree.map(jnp.array, tree)
+
+
+def _check_not_aliased(rewind_params: PyTree, final: PyTree, start: PyTree) -> None:
+  """Refuses theta_k that is the trained final weights themselves: a live view taken at step k.
+
+  (A ``train`` that changed nothing may return the same arrays for both.)
+  """
+  shared = [jax.tree_util.keystr(path) for (path, a), b in
+            zip(jax.tree_util.tree_leaves_with_path(rewind_params), jax.tree.leaves(final))
+            if a is b]
+  trained = any(not np.array_equal(f, s) for f, s in zip(jax.tree.leaves(final),
+                                                         jax.tree.leaves(start)))
+  if shared and trained:
+    raise ValueError(
+        f"train returned rewind_params whose arrays are the final params' own ({shared[0]} and "
+        f"{len(shared) - 1} more): the weights at rewind_step were kept as a live view of the "
+        "model (e.g. nnx.state(model)), which training turned into the final weights. Keep a "
+        "copy when you reach rewind_step: jax.tree.map(jnp.copy, nnx.state(model, nnx.Param)).")
+
+
 def run(train: TrainFn, init_params: PyTree, directory: str, *, levels: int,
         prune_fraction: float = 0.2, rewind_step: int = 0, mode: str = "global",
         overrides: Fractions | None = None, prunable: masks_lib.Prunable = None,
@@ -203,7 +230,11 @@ def run(train: TrainFn, init_params: PyTree, directory: str, *, levels: int,
       rewind_params)``. It trains ``params`` (whose pruned weights are 0) with ``masks`` fixed from
       ``start_step`` to the end. At level 0 (dense, start_step 0) ``rewind_params`` must be the
       weights at ``rewind_step`` (theta_k); at later levels it is ignored.
-    init_params: theta_0.
+    init_params: theta_0. Any pytree: params only, or params with the model's other state (e.g.
+      ``nnx.state(model)`` with BatchNorm statistics, which are then rewound with the weights
+      and never pruned). What ``run`` is given it copies, so a view of a model that trains in
+      place is safe to pass; ``rewind_params`` taken as such a view (and so become the final
+      weights) is refused.
     directory: where each finished level is stored (``level_L/``: ``masks.npz``,
       ``start_params.npz``, ``final_params.npz`` keyed by param path, and ``level.json`` with the
       metrics, written last), with ``rewind_params.npz`` (theta_k) and ``imp_settings.json``; an
@@ -226,6 +257,7 @@ def run(train: TrainFn, init_params: PyTree, directory: str, *, levels: int,
   if mode not in ("global", "layerwise"):  # before the dense run, not after it
     raise ValueError(f"mode={mode!r} must be 'global' or 'layerwise'.")
   layer_fractions(masks_lib.ones_like(init_params, prunable), prune_fraction, overrides)
+  init_params = _owned(init_params)
   os.makedirs(directory, exist_ok=True)
   _check_settings(directory, {"prune_fraction": prune_fraction, "rewind_step": rewind_step,
                               "mode": mode, "overrides": dict(overrides or {})})
@@ -257,8 +289,10 @@ def run(train: TrainFn, init_params: PyTree, directory: str, *, levels: int,
       if level == 0:
         if rewind_params is None:
           raise ValueError("train must return the weights at rewind_step at level 0.")
-        theta_k = rewind_params
+        _check_not_aliased(rewind_params, final, start)
+        theta_k = _owned(rewind_params)
         files.save_arrays(rewind_path, theta_k)
+      final = _owned(final)
       for name, tree in (("masks", masks), ("start_params", start), ("final_params", final)):
         files.save_arrays(os.path.join(d, f"{name}.npz"), tree)
       kept, total = masks_lib.count(masks)

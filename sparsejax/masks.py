@@ -66,14 +66,21 @@ def check_sparsity(sparsity: Any, name: str = "sparsity") -> None:
       "10% of them (per-layer densities come from sparsejax.distributions).")
 
 
+def is_floating(leaf: Any) -> bool:
+  """Whether a leaf (an array, a ``jax.ShapeDtypeStruct`` or a number) holds floating point."""
+  dtype = getattr(leaf, "dtype", None)
+  return jnp.issubdtype(np.result_type(leaf) if dtype is None else dtype, jnp.floating)
+
+
 def default_prunable(path: str, leaf: Any) -> bool:
-  """Kernels of rank >= 2 whose path names no bias, scale or normalization layer.
+  """Floating-point kernels of rank >= 2 whose path names no bias, scale or normalization layer.
 
   Names are matched as whole words of the path, case-insensitively: ``bias``, ``scale``,
   ``batch_stats``, ``bn``, ``ln``, ``gn`` and any word ending in ``norm`` (``LayerNorm_0``,
-  ``batch_norm``, ``norm1``, ``rmsnorm``), so ``['upscale_conv']['kernel']`` is prunable.
+  ``batch_norm``, ``norm1``, ``rmsnorm``), so ``['upscale_conv']['kernel']`` is prunable. Integer
+  and bool leaves (a lookup table, a step counter) are never weights.
   """
-  return np.ndim(leaf) >= 2 and _NEVER_PRUNED.search(path) is None
+  return np.ndim(leaf) >= 2 and is_floating(leaf) and _NEVER_PRUNED.search(path) is None
 
 
 def rule(include: str | None = None, exclude: str | None = None) -> Callable[[str, Any], bool]:
@@ -97,7 +104,8 @@ def _as_predicate(prunable: Prunable) -> Callable[[str, Any], bool]:
     return default_prunable
   if isinstance(prunable, str):
     pattern = re.compile(prunable)
-    return lambda path, leaf: np.ndim(leaf) >= 1 and pattern.search(path) is not None
+    return lambda path, leaf: (np.ndim(leaf) >= 1 and is_floating(leaf)
+                               and pattern.search(path) is not None)
   if callable(prunable):
     return prunable
   raise TypeError(
@@ -191,9 +199,12 @@ def validate(params: PyTree, masks: PyTree) -> None:
   for path, p, m in leaves:
     m_shape, p_shape = jnp.shape(m), jnp.shape(p)
     if m_shape not in ((), p_shape):
+      batched = 0 < len(m_shape) < len(p_shape) and p_shape[:len(m_shape)] == m_shape
       raise ValueError(
           f"mask at {path} has shape {m_shape}, but the param has shape {p_shape}: a mask leaf "
-          "must have the param's shape, or be a scalar True for a leaf that is never pruned.")
+          "must have the param's shape, or be a scalar True for a leaf that is never pruned."
+          + (f" For masks of {m_shape[0]} replicates made under jax.vmap, pass "
+             f"batch_dims={len(m_shape)}." if batched else ""))
     _check_bool(path, m)
 
 
@@ -227,23 +238,65 @@ def apply(params: PyTree, masks: PyTree) -> PyTree:
       params, masks)
 
 
-def count(masks: PyTree) -> tuple[jax.Array, int]:
-  """(kept, total) over prunable leaves; ``kept`` is an int32 array (jit-friendly)."""
+def _per_replicate(fn, batch_dims: int, *trees):
+  """``fn`` of each replicate of trees whose leaves carry ``batch_dims`` leading batch axes (as
+  ``jax.vmap`` over replicates makes them, a never-pruned scalar True included)."""
+  if isinstance(batch_dims, bool) or not isinstance(batch_dims, int) or batch_dims < 0:
+    raise ValueError(f"batch_dims={batch_dims!r} must be a non-negative int: the number of "
+                     "leading replicate axes of every leaf.")
+  for _ in range(batch_dims):
+    fn = jax.vmap(fn)
+  return fn(*trees)
+
+
+def count(masks: PyTree, *, batch_dims: int = 0) -> tuple[jax.Array, int]:
+  """(kept, total) over prunable leaves; ``kept`` is an int32 array (jit-friendly).
+
+  With ``batch_dims=1`` (masks of N replicates from ``jax.vmap``), ``kept`` has shape (N,) and
+  ``total`` is one replicate's.
+  """
+  if batch_dims:
+    kept = _per_replicate(lambda m: count(m)[0], batch_dims, masks)
+    total = sum(int(np.prod(np.shape(m)[batch_dims:])) for m in jax.tree.leaves(masks)
+                if np.ndim(m) > batch_dims)
+    return kept, total
   leaves = [m for m in jax.tree.leaves(masks) if is_prunable_mask(m)]
   kept = sum((jnp.sum(m, dtype=jnp.int32) for m in leaves), jnp.int32(0))
   return kept, int(sum(np.size(m) for m in leaves))
 
 
-def density(masks: PyTree) -> jax.Array:
-  """Fraction of prunable weights kept."""
-  kept, total = count(masks)
+def density(masks: PyTree, *, batch_dims: int = 0) -> jax.Array:
+  """Fraction of prunable weights kept (one per replicate with ``batch_dims``)."""
+  kept, total = count(masks, batch_dims=batch_dims)
   return kept / total
 
 
-def sparsity(params: PyTree, masks: PyTree) -> jax.Array:
-  """Fraction of prunable weights pruned (zero in the mask). Works inside ``jit``."""
+def sparsity(params: PyTree, masks: PyTree, *, batch_dims: int = 0) -> jax.Array:
+  """Fraction of prunable weights pruned (zero in the mask). Works inside ``jit``; one per
+  replicate with ``batch_dims``."""
+  if batch_dims:
+    return _per_replicate(sparsity, batch_dims, params, masks)
   validate(params, masks)
   return 1.0 - density(masks)
+
+
+def violations(params: PyTree, masks: PyTree, *, batch_dims: int = 0) -> jax.Array:
+  """The number of pruned weights that are not exactly 0.0 (NaN and inf count, -0.0 does not).
+
+  0 is the invariant every sparse optimizer of sparsejax keeps after every step. Returns an int32
+  array, so it works inside ``jit``; one per replicate with ``batch_dims``.
+  """
+  if batch_dims:
+    return _per_replicate(violations, batch_dims, params, masks)
+  validate(params, masks)
+  counts = [jnp.sum(~m & (p != 0.0), dtype=jnp.int32)
+            for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(masks)) if is_prunable_mask(m)]
+  return sum(counts, jnp.int32(0))
+
+
+def replicate(tree: PyTree, index: int) -> PyTree:
+  """Replicate ``index`` of a tree batched over replicates (leading axis of every leaf)."""
+  return jax.tree.map(lambda x: x[index], tree)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,8 +311,16 @@ class LayerSummary:
     return self.kept / self.total if self.total else 1.0
 
 
-def summary(params: PyTree, masks: PyTree) -> list[LayerSummary]:
-  """Per-leaf kept / total counts for every prunable leaf (host-side; not for ``jit``)."""
+def summary(params: PyTree, masks: PyTree, *, batch_dims: int = 0):
+  """Per-leaf kept / total counts for every prunable leaf (host-side; not for ``jit``).
+
+  With ``batch_dims=1`` (N replicates from ``jax.vmap``): one such list per replicate.
+  """
+  if batch_dims not in (0, 1):
+    raise ValueError(f"batch_dims={batch_dims!r}: summaries take 0 or 1 replicate axis.")
+  if batch_dims:
+    n = jax.tree.leaves(masks)[0].shape[0]
+    return [summary(replicate(params, i), replicate(masks, i)) for i in range(n)]
   validate(params, masks)
   rows = []
   for (path, p), m in zip(jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(masks)):
@@ -269,8 +330,14 @@ def summary(params: PyTree, masks: PyTree) -> list[LayerSummary]:
   return rows
 
 
-def summary_table(params: PyTree, masks: PyTree) -> str:
-  """The per-layer summary as an aligned text table with a total row."""
+def summary_table(params: PyTree, masks: PyTree, *, batch_dims: int = 0) -> str:
+  """The per-layer summary as an aligned text table with a total row (one per replicate, each
+  under a ``replicate i`` line, with ``batch_dims=1``)."""
+  if batch_dims:
+    n = len(summary(params, masks, batch_dims=batch_dims))
+    return "\n\n".join(f"replicate {i}\n" + summary_table(replicate(params, i),
+                                                             replicate(masks, i))
+                        for i in range(n))
   rows = summary(params, masks)
   kept, total = sum(r.kept for r in rows), sum(r.total for r in rows)
   body = [(r.path, "x".join(map(str, r.shape)), f"{r.kept:,}", f"{r.total:,}", f"{r.density:.4f}")

@@ -12,7 +12,10 @@ The wrapper carries the masks in its state, so they are arrays passed into the j
    weight is ``-w`` and ``w + (-w) == 0.0`` in IEEE arithmetic.
 
 Put the sparse wrapper outermost (wrap the whole ``optax.chain``), so nothing after it touches the
-updates of pruned weights.
+updates of pruned weights, and apply the updates with :func:`apply_updates`: it re-applies the
+masks, so a transformation placed after the wrapper anyway (``optax.chain(wrapper,
+optax.clip_by_global_norm(1.0))``, ``optax.lookahead`` around it) cannot bring a pruned weight
+back.
 
 * :func:`static_masks`: fixed masks (random pruning at init, SNIP, lottery tickets).
 * :func:`scheduled_pruning`: masks recomputed inside ``jit`` on a schedule's steps (``lax.cond``;
@@ -21,6 +24,7 @@ updates of pruned weights.
 * :func:`magnitude_pruning`: gradual magnitude pruning (Zhu & Gupta 2017) = scheduled_pruning with
   magnitude scores on the polynomial schedule.
 * :func:`one_shot_pruning`: one mask update at one step, e.g. SNIP (Lee et al. 2019) at step 0.
+* :func:`apply_updates`: ``optax.apply_updates`` followed by the masks held in the state.
 * :func:`get_masks` / :func:`set_masks`: read or replace the masks in any optimizer state that
   holds them, also inside ``optax.chain`` or ``optax.inject_hyperparams``.
 """
@@ -58,6 +62,16 @@ class ScheduledPruningState(NamedTuple):
 
 
 _MASK_STATES = (StaticMasksState, ScheduledPruningState)
+
+
+def _init_inner(inner, params, masks, name: str):
+  """The inner optimizer's state for the masked params; refuses a sparse wrapper inside."""
+  inner_state = inner.init(masks_lib.apply(params, masks))
+  if _mask_states(inner_state):
+    raise ValueError(
+        f"{name} wraps an optimizer that holds masks already (a sparse wrapper inside another): "
+        "the two would keep different masks. Use one sparse wrapper, outermost.")
+  return inner_state
 
 
 def _require_params(params, name: str):
@@ -109,7 +123,7 @@ def static_masks(inner: optax.GradientTransformation,
   def init_fn(params):
     m = masks(params) if callable(masks) else masks
     masks_lib.validate(params, m)
-    return StaticMasksState(m, inner.init(masks_lib.apply(params, m)))
+    return StaticMasksState(m, _init_inner(inner, params, m, "static_masks"))
 
   def update_fn(updates, state, params=None, **extra_args):
     _require_params(params, "static_masks")
@@ -162,7 +176,7 @@ def scheduled_pruning(inner: optax.GradientTransformation, schedule, score_fn: S
     m = masks_lib.ones_like(params, prunable) if initial_masks is None else initial_masks
     masks_lib.validate(params, m)
     return ScheduledPruningState(jnp.zeros((), jnp.int32), m,
-                                 inner.init(masks_lib.apply(params, m)))
+                                 _init_inner(inner, params, m, "scheduled_pruning"))
 
   def update_fn(updates, state, params=None, **extra_args):
     _require_params(params, "scheduled_pruning")
@@ -242,3 +256,30 @@ def set_masks(opt_state: optax.OptState, masks: PyTree, *,
                                  inner_state=_zero_pruned_state(inner, x.inner_state, masks))
   return jax.tree.map(lambda x: replace(x) if is_mask_state(x) else x, opt_state,
                       is_leaf=is_mask_state)
+
+
+def apply_updates(params: PyTree, updates: PyTree, opt_state: optax.OptState) -> PyTree:
+  """``optax.apply_updates(params, updates)`` with the masks in ``opt_state`` applied after.
+
+  Every pruned weight is exactly 0.0 afterwards whatever transformations follow the sparse
+  wrapper. Params that hold the masked tree more than once (``optax.lookahead``'s
+  ``LookaheadParams(fast, slow)``) have the masks applied to each copy.
+
+  Raises:
+    ValueError: if ``opt_state`` holds no sparse wrapper's masks, or if no part of ``params`` has
+      the masks' tree structure.
+  """
+  masks = get_masks(opt_state)
+  new = optax.apply_updates(params, updates)
+  treedef = jax.tree.structure(masks)
+  like_masks = lambda x: jax.tree.structure(x) == treedef
+  found = []
+
+  def mask(x):
+    found.append(x)
+    return masks_lib.apply(x, masks)
+
+  out = jax.tree.map(lambda x: mask(x) if like_masks(x) else x, new, is_leaf=like_masks)
+  if not found:
+    masks_lib.validate(new, masks)  # names the first path where they differ
+  return out

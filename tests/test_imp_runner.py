@@ -765,6 +765,7 @@ def test_rewound_optimizer_zeroes_pruned_moments(run_c):
     ("rewind", "500it", "rewind='500it'"),
     ("rewind", "120it", "rewind='120it'"),
     ("distribution", "erk", "distribution='erk'"),
+    ("sparsifier", "magnitude", "sparsifier='magnitude'"),
 ])
 def test_bad_imp_config_raises_naming_value(tmp_path, key, value, shown):
   config = imp_config(**{key: value})

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import example, given, settings
+from flax import nnx
 from hypothesis import strategies as st
 
 from imp_counts import HALF, off_by
@@ -613,3 +614,75 @@ def test_resuming_with_other_settings_is_refused(tmp_path):
   lottery.run(train, params, str(tmp_path), levels=1, prune_fraction=0.2)
   with pytest.raises(ValueError, match="prune_fraction"):
     lottery.run(train, params, str(tmp_path), levels=1, prune_fraction=0.5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Flax NNX models train in place: views of their state.
+
+
+class _BNNet(nnx.Module):
+
+  def __init__(self, rngs):
+    self.dense = nnx.Linear(6, 8, rngs=rngs)
+    self.bn = nnx.BatchNorm(8, rngs=rngs)
+    self.output = nnx.Linear(8, 3, rngs=rngs)
+
+  def __call__(self, x):
+    return self.output(jax.nn.relu(self.bn(self.dense(x))))
+
+
+def _nnx_setup():
+  model = _BNNet(nnx.Rngs(0))
+  kx, ky = jax.random.split(jax.random.key(1))
+  x, y = jax.random.normal(kx, (32, 6)), jax.random.randint(ky, (32,), 0, 3)
+  loss = lambda m: -jnp.mean(jax.nn.log_softmax(m(x))[jnp.arange(32), y])
+  return model, loss
+
+
+def _nnx_train(model, loss, *, copy_rewind: bool, end: int = 6, rewind_at: int = 2):
+  """A user's NNX loop; takes the weights at ``rewind_at`` as a copy or (the trap) as a view."""
+
+  def train(state, masks, *, level, start_step):
+    nnx.update(model, state)
+    rewind = None
+    for step in range(start_step, end):
+      if step == rewind_at:
+        view = nnx.state(model)
+        rewind = jax.tree.map(jnp.copy, view) if copy_rewind else view
+      grads = nnx.grad(loss)(model)
+      params = nnx.state(model, nnx.Param)
+      nnx.update(model, masks_lib.apply(jax.tree.map(lambda p, g: p - 0.1 * g, params, grads),
+                                        masks.filter(nnx.Param)))
+    return nnx.state(model), {"loss": float(loss(model))}, rewind
+
+  return train
+
+
+def test_a_live_view_as_rewind_weights_is_refused(tmp_path):
+  model, loss = _nnx_setup()
+  with pytest.raises(ValueError, match=r"live view .* jax.tree.map\(jnp.copy"):
+    lottery.run(_nnx_train(model, loss, copy_rewind=False), nnx.state(model), str(tmp_path),
+                levels=1, rewind_step=2)
+  assert not os.path.exists(tmp_path / "level_0" / "level.json")
+
+
+def test_views_given_to_run_are_copied_and_batchnorm_statistics_rewind(tmp_path):
+  """theta_0 passed as nnx.state(model) stays theta_0 although the model trains in place; the
+  BatchNorm running statistics travel with the weights (rewound, never pruned)."""
+  model, loss = _nnx_setup()
+  theta_0 = jax.tree.map(np.array, nnx.state(model))
+  levels = lottery.run(_nnx_train(model, loss, copy_rewind=True), nnx.state(model),
+                       str(tmp_path), levels=2, rewind_step=2, prune_fraction=0.5)
+  for a, b in zip(jax.tree.leaves(levels[0].start_params), jax.tree.leaves(theta_0)):
+    np.testing.assert_array_equal(a, b)
+  theta_k = files.load_arrays(str(tmp_path / "rewind_params.npz"), nnx.state(model))
+  stats = lambda tree: jax.tree.leaves(tree.filter(nnx.BatchStat))
+  assert any(not np.array_equal(a, b) for a, b in zip(stats(theta_k), stats(theta_0)))
+  for level in levels[1:]:
+    for a, b in zip(stats(level.start_params), stats(theta_k)):
+      np.testing.assert_array_equal(a, b)  # rewound to theta_k's statistics
+    assert all(np.ndim(m) == 0 for m in stats(level.masks))  # never pruned
+    assert int(masks_lib.violations(level.final_params, level.masks)) == 0
+  # Each level's final weights are its own, not the model's latest.
+  assert not np.array_equal(levels[0].final_params["dense"]["kernel"][...],
+                            levels[2].final_params["dense"]["kernel"][...])

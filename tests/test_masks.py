@@ -506,3 +506,67 @@ def test_nnx_state():
 
   only_conv = masks.ones_like(state, masks.rule(exclude="linear"))
   assert [r.path for r in masks.summary(state, only_conv)] == ["['conv']['kernel'].value"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Integer leaves are never weights; violations counts broken zeros.
+
+
+@pytest.mark.parametrize("dtype", [jnp.int32, jnp.uint8, jnp.bool_])
+def test_default_rule_skips_non_floating_leaves(dtype):
+  params = {"embedding": {"table": jnp.zeros((16, 4), dtype)},
+            "dense": {"kernel": jnp.ones((4, 3), jnp.bfloat16)}}
+  assert masks.prunable_paths(params) == ["['dense']['kernel']"]
+  assert masks.prunable_paths(params, "table|kernel") == ["['dense']['kernel']"]
+  m = masks.ones_like(params)
+  assert m["embedding"]["table"].shape == ()
+  abstract = jax.eval_shape(lambda: params)
+  assert masks.prunable_paths(abstract) == ["['dense']['kernel']"]
+
+
+def test_violations_counts_pruned_weights_that_are_not_zero():
+  params = {"w": jnp.array([[0.0, -0.0, 1.0], [jnp.nan, jnp.inf, 2.0]]), "b": jnp.ones(3)}
+  m = {"w": jnp.array([[False, False, True], [False, False, True]]), "b": jnp.array(True)}
+  assert int(masks.violations(params, m)) == 2  # NaN and inf; -0.0 == 0.0
+  assert int(jax.jit(masks.violations)(masks.apply(params, m), m)) == 0
+  with pytest.raises(ValueError, match=r"\['w'\]"):
+    masks.violations(params, {"w": jnp.ones((3, 2), bool), "b": jnp.array(True)})
+
+
+# ---------------------------------------------------------------------------------------------
+# Masks of replicates made under jax.vmap.
+
+
+def _replicates(n=3):
+  def init(key):
+    k1, k2 = jax.random.split(key)
+    params = {"w": jax.random.normal(k1, (8, 4)), "b": jnp.zeros(4)}
+    m = {"w": jax.random.uniform(k2, (8, 4)) < 0.5, "b": jnp.array(True)}
+    return masks.apply(params, m), m
+  return jax.vmap(init)(jax.random.split(jax.random.key(0), n))
+
+
+def test_batch_dims_gives_per_replicate_results():
+  params, m = _replicates()
+  assert m["b"].shape == (3,)  # the never-pruned scalar True, batched
+  expected = [float(np.mean(m["w"][i])) for i in range(3)]
+  np.testing.assert_allclose(masks.density(m, batch_dims=1), expected, rtol=1e-6)
+  np.testing.assert_allclose(masks.sparsity(params, m, batch_dims=1),
+                             1.0 - np.asarray(expected), rtol=1e-6)
+  kept, total = masks.count(m, batch_dims=1)
+  assert total == 32 and [int(k) for k in kept] == [int(m["w"][i].sum()) for i in range(3)]
+  np.testing.assert_array_equal(masks.violations(params, m, batch_dims=1), [0, 0, 0])
+  np.testing.assert_allclose(jax.vmap(masks.density)(m), expected, rtol=1e-6)  # the same
+  rows = masks.summary(params, m, batch_dims=1)
+  assert [r[0].kept for r in rows] == [int(m["w"][i].sum()) for i in range(3)]
+  table = masks.summary_table(params, m, batch_dims=1)
+  assert table.count("replicate ") == 3
+  assert len([l for l in table.splitlines() if l.startswith("total ")]) == 3
+
+
+def test_batched_masks_without_batch_dims_are_refused_with_the_fix():
+  params, m = _replicates()
+  with pytest.raises(ValueError, match="pass batch_dims=1"):
+    masks.sparsity(params, m)
+  with pytest.raises(ValueError, match="batch_dims=-1"):
+    masks.density(m, batch_dims=-1)

@@ -451,3 +451,90 @@ class MagnitudePruningTest(chex.TestCase):
       params, state = step(params, state)
       np.testing.assert_array_equal(pruned_values(params, masks), 0.0)
     self.assertGreater(float(loss(params)), 0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Transformations after the sparse wrapper: transforms.apply_updates keeps the zeros.
+
+
+def _mlp_problem():
+  k1, k2, kx = jax.random.split(jax.random.key(3), 3)
+  params = {"hidden": {"kernel": jax.random.normal(k1, (8, 16)), "bias": jnp.zeros(16)},
+            "output": {"kernel": jax.random.normal(k2, (16, 2)), "bias": jnp.zeros(2)}}
+  x = jax.random.normal(kx, (32, 8))
+  loss = lambda p: jnp.mean((jnp.tanh(x @ p["hidden"]["kernel"] + p["hidden"]["bias"])
+                             @ p["output"]["kernel"] + p["output"]["bias"]) ** 2)
+  masks = pruning.random(jax.random.key(4), params, 0.7, "uniform")
+  return params, masks, loss
+
+
+def _pruning(inner):
+  """Dense params pruned to 70% at step 2: the update of a newly pruned weight is -w."""
+  return transforms.magnitude_pruning(inner, schedules.one_shot(0.7, step=2))
+
+
+def _train(opt, params, loss, apply, steps=6, wrap=lambda p: p, trained=lambda p: p):
+  @jax.jit
+  def step(p, state):
+    updates, state = opt.update(jax.grad(loss)(trained(p)), state, p)
+    return apply(p, updates, state), state
+
+  p = wrap(params)
+  state = opt.init(p)
+  for _ in range(steps):
+    p, state = step(p, state)
+  return p, transforms.get_masks(state)
+
+
+@pytest.mark.parametrize("after", [
+    lambda: optax.clip_by_global_norm(0.1),
+    lambda: optax.scale(0.5),
+    lambda: optax.add_decayed_weights(0.1),
+])
+def test_apply_updates_keeps_pruned_weights_zero_after_later_transforms(after):
+  params, _, loss = _mlp_problem()
+  opt = optax.chain(_pruning(optax.adam(0.1)), after())
+  plain, masks = _train(opt, params, loss, lambda p, u, s: optax.apply_updates(p, u))
+  assert int(masks_lib.violations(plain, masks)) > 0  # the trap apply_updates closes
+  fixed, masks = _train(opt, params, loss, transforms.apply_updates)
+  assert int(masks_lib.violations(fixed, masks)) == 0
+  assert float(masks_lib.sparsity(fixed, masks)) == pytest.approx(0.7, abs=0.01)
+  # The wrapper outermost needs no help: both ways give the same exact zeros.
+  outer = _pruning(optax.chain(after(), optax.adam(0.1)))
+  a, masks = _train(outer, params, loss, lambda p, u, s: optax.apply_updates(p, u))
+  b, _ = _train(outer, params, loss, transforms.apply_updates)
+  assert int(masks_lib.violations(a, masks)) == int(masks_lib.violations(b, masks)) == 0
+  chex.assert_trees_all_close(a, b, rtol=1e-4, atol=1e-6)  # two compilations: ulps apart
+
+
+def test_apply_updates_under_lookahead_masks_fast_and_slow_weights():
+  params, _, loss = _mlp_problem()
+  opt = optax.lookahead(_pruning(optax.sgd(0.1, momentum=0.9)), sync_period=3,
+                        slow_step_size=0.5)
+  run = lambda apply: _train(opt, params, loss, apply, steps=7,
+                             wrap=optax.LookaheadParams.init_synced, trained=lambda q: q.fast)
+  plain, masks = run(lambda p, u, s: optax.apply_updates(p, u))
+  assert int(masks_lib.violations(plain.slow, masks)) > 0  # the slow weights revive them
+  final, masks = run(transforms.apply_updates)
+  for copy in (final.fast, final.slow):
+    assert int(masks_lib.violations(copy, masks)) == 0
+  assert float(masks_lib.sparsity(final.fast, masks)) == pytest.approx(0.7, abs=0.01)
+
+
+def test_apply_updates_needs_masks_in_the_state():
+  params, masks, _ = _mlp_problem()
+  opt = optax.sgd(0.1)
+  with pytest.raises(ValueError, match="found 0"):
+    transforms.apply_updates(params, params, opt.init(params))
+  state = transforms.static_masks(optax.sgd(0.1), masks).init(params)
+  with pytest.raises(ValueError, match="do not match"):
+    transforms.apply_updates({"other": params["hidden"]}, {"other": params["hidden"]}, state)
+
+
+def test_nested_sparse_wrappers_are_refused():
+  params, masks, _ = _mlp_problem()
+  inner = transforms.static_masks(optax.sgd(0.1), masks)
+  for outer in (transforms.static_masks(inner, masks),
+                transforms.magnitude_pruning(optax.chain(inner), schedules.one_shot(0.5))):
+    with pytest.raises(ValueError, match="sparse wrapper inside another"):
+      outer.init(params)

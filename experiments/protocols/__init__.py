@@ -8,7 +8,9 @@ there) and returns the run's summary (also written to ``summary.json``). Options
 - ``report(summary, workdir) -> str``: what the command line prints at the end;
 - ``extendable``: config keys whose value may grow in a finished workdir (the run is extended);
 - ``restartable(workdir) -> bool``: whether a workdir holds nothing to resume, so that another
-  config may replace it.
+  config may replace it;
+- ``uses_sparsifier`` (default True): False for a protocol that makes its own masks (``imp``);
+  the config's ``sparsifier`` must then keep its default.
 
 Built in: ``train`` (one training with the config's sparsifier) and ``imp`` (lottery tickets:
 iterative magnitude pruning with rewinding, its controls and instability).

@@ -81,10 +81,6 @@ def check(setup: Setup) -> None:
   if config.distribution not in ("global", "uniform"):
     raise parsing.ConfigError(f"distribution={config.distribution!r}: IMP prunes 'global'ly or "
                               "layerwise ('uniform').")
-  if config.sparsifier != "dense":
-    raise parsing.ConfigError(
-        f"sparsifier={config.sparsifier!r}: IMP prunes between trainings and trains every level "
-        "with its masks fixed; leave sparsifier='dense'.")
   rewind_step = _rewind_step(setup)
   if rewind_step >= setup.task.durations.total:
     raise parsing.ConfigError(
@@ -284,7 +280,7 @@ def _instability(rep: Replicate, level: lottery.Level) -> dict:
 
 @PROTOCOLS.register("imp", keys=KEYS, validate=validate, check=check,
                     report=lambda summary, directory: report.printed(summary, directory),
-                    extendable=("levels", "replicates"))
+                    extendable=("levels", "replicates"), uses_sparsifier=False)
 def imp(setup: Setup) -> dict:
   """Runs (or resumes) the lottery-ticket experiment of ``setup``; its summary."""
   config, task = setup.config, setup.task
