@@ -56,7 +56,7 @@ class StaticMasksState(NamedTuple):
 
 
 class ScheduledPruningState(NamedTuple):
-  count: jax.Array  # the number of updates applied so far (int32)
+  count: jax.Array  # the number of updates applied so far (int32; accumulation_steps batches each)
   masks: PyTree
   inner_state: optax.OptState
 
@@ -136,14 +136,23 @@ def static_masks(inner: optax.GradientTransformation,
 
 def scheduled_pruning(inner: optax.GradientTransformation, schedule, score_fn: ScoreFn,
                       distribution: str = "uniform", prunable: masks_lib.Prunable = None,
-                      initial_masks: PyTree | None = None,
-                      revive: bool = False) -> optax.GradientTransformationExtraArgs:
+                      initial_masks: PyTree | None = None, revive: bool = False,
+                      accumulation_steps: int = 1) -> optax.GradientTransformationExtraArgs:
   """Recomputes masks inside ``jit`` on the steps where ``schedule.is_update_step(step)``.
 
-  At such a step t (counted from 0 by the number of updates applied), the masks become the top
-  scores of ``score_fn(params, grads)`` at sparsity ``schedule(t)`` split over layers by
-  ``distribution`` ('uniform', 'er', 'erk' or 'global'), computed from the params *before* the
-  step's update; the step's update then already uses the new masks.
+  At such a step t, the masks become the top scores of ``score_fn(params, grads)`` at sparsity
+  ``schedule(t)`` split over layers by ``distribution`` ('uniform', 'er', 'erk' or 'global'),
+  computed from the params *before* the step's update; the step's update then already uses the
+  new masks.
+
+  The schedule counts the steps of the training loop: the mini-batches, one per call of
+  ``update`` of the outermost optimizer. With gradient accumulation, either placement works:
+
+  * ``magnitude_pruning(optax.MultiSteps(adam, k), schedule)``: the wrapper sees every
+    mini-batch;
+  * ``optax.MultiSteps(magnitude_pruning(adam, schedule, accumulation_steps=k), k)``: the wrapper
+    sees every k-th; ``accumulation_steps=k`` tells it so, and an update that ends the mini-batches
+    t..t+k-1 prunes if any of them is a schedule step, to the sparsity at t+k-1.
 
   Args:
     inner: any optax optimizer.
@@ -155,6 +164,7 @@ def scheduled_pruning(inner: optax.GradientTransformation, schedule, score_fn: S
       ``initial_masks``, which say by themselves which leaves are prunable.
     initial_masks: masks to start from (default: keep everything).
     revive: whether an update may bring back weights pruned earlier.
+    accumulation_steps: mini-batches per call of ``update`` (k inside ``optax.MultiSteps``).
 
   Under ``jax.vmap`` with a batched step counter (e.g. ``jax.vmap(opt.init)`` then a vmapped
   step) ``lax.cond`` becomes a select that computes the mask update at every step: the result is
@@ -168,9 +178,14 @@ def scheduled_pruning(inner: optax.GradientTransformation, schedule, score_fn: S
     raise ValueError(
         "scheduled_pruning got both prunable and initial_masks: the masks already say which "
         "leaves are prunable (a bool array) and which are not (a scalar True); pass one of them.")
+  if (isinstance(accumulation_steps, bool) or not isinstance(accumulation_steps, int)
+      or accumulation_steps < 1):
+    raise ValueError(f"accumulation_steps={accumulation_steps!r} must be a positive int: the "
+                     "mini-batches per update (every_k_schedule of optax.MultiSteps).")
   inner = optax.with_extra_args_support(inner)
   if distribution != "global":
     distributions.get(distribution)  # fails early on an unknown name
+  window = jnp.arange(accumulation_steps, dtype=jnp.int32)
 
   def init_fn(params):
     m = masks_lib.ones_like(params, prunable) if initial_masks is None else initial_masks
@@ -181,14 +196,16 @@ def scheduled_pruning(inner: optax.GradientTransformation, schedule, score_fn: S
   def update_fn(updates, state, params=None, **extra_args):
     _require_params(params, "scheduled_pruning")
 
+    steps = state.count * accumulation_steps + window  # the mini-batches of this update
+
     def prune(operands):
       m, inner_state = operands
-      new = pruning.prune(score_fn(params, updates), schedule(state.count), m, distribution,
+      new = pruning.prune(score_fn(params, updates), schedule(steps[-1]), m, distribution,
                           revive=revive, params=params)
       return new, _zero_pruned_state(inner, inner_state, new)
 
-    m, inner_state = lax.cond(schedule.is_update_step(state.count), prune, lambda ops: ops,
-                              (state.masks, state.inner_state))
+    due = jnp.any(jax.vmap(schedule.is_update_step)(steps))
+    m, inner_state = lax.cond(due, prune, lambda ops: ops, (state.masks, state.inner_state))
     updates, inner_state = _masked_update(inner, updates, inner_state, params, m, extra_args)
     return updates, ScheduledPruningState(optax.safe_increment(state.count), m, inner_state)
 
@@ -197,7 +214,8 @@ def scheduled_pruning(inner: optax.GradientTransformation, schedule, score_fn: S
 
 def magnitude_pruning(inner: optax.GradientTransformation, schedule,
                       distribution: str = "uniform", prunable: masks_lib.Prunable = None,
-                      initial_masks: PyTree | None = None) -> optax.GradientTransformationExtraArgs:
+                      initial_masks: PyTree | None = None,
+                      accumulation_steps: int = 1) -> optax.GradientTransformationExtraArgs:
   """Gradual magnitude pruning (Zhu & Gupta 2017): |w| scores on ``schedule``; pruned stay pruned.
 
   Example::
@@ -206,7 +224,8 @@ def magnitude_pruning(inner: optax.GradientTransformation, schedule,
     opt = sparsejax.transforms.magnitude_pruning(optax.sgd(0.1, momentum=0.9), schedule, "erk")
   """
   return scheduled_pruning(inner, schedule, lambda params, _: scores_lib.magnitude(params),
-                           distribution, prunable, initial_masks)
+                           distribution, prunable, initial_masks,
+                           accumulation_steps=accumulation_steps)
 
 
 def one_shot_pruning(inner: optax.GradientTransformation, sparsity: float, score_fn: ScoreFn,
@@ -222,14 +241,43 @@ def _mask_states(state) -> list:
   return [x for x in jax.tree.leaves(state, is_leaf=is_mask_state) if is_mask_state(x)]
 
 
+_is_masked_node = lambda x: isinstance(x, optax.MaskedNode)
+
+
+def _merge_partitions(trees: list) -> PyTree:
+  """Params-shaped masks from the masks of wrappers on ``optax.multi_transform`` partitions.
+
+  Each wrapper holds masks only for its partition (``optax.MaskedNode`` elsewhere); a leaf no
+  wrapper holds is never pruned (scalar True).
+  """
+  flat = [jax.tree.flatten(t, is_leaf=_is_masked_node) for t in trees]
+  treedef = flat[0][1]
+  if any(d != treedef for _, d in flat[1:]):
+    raise ValueError("the optimizer state holds several sparse wrappers whose masks have "
+                     "different structures; use one sparse wrapper, outermost.")
+  merged = []
+  for leaves in zip(*(f[0] for f in flat)):
+    held = [m for m in leaves if not _is_masked_node(m)]
+    if len(held) > 1:
+      raise ValueError("two sparse wrappers hold masks for the same params; use one sparse "
+                       "wrapper, outermost.")
+    merged.append(held[0] if held else jnp.array(True))
+  return jax.tree.unflatten(treedef, merged)
+
+
 def get_masks(opt_state: optax.OptState) -> PyTree:
-  """The masks held by a sparsejax transformation anywhere in ``opt_state``."""
+  """The masks held by the sparsejax transformation(s) in ``opt_state``, shaped like the params.
+
+  One sparse wrapper anywhere in the state (inside ``optax.chain``, ``inject_hyperparams``,
+  ``MultiSteps``, ``lookahead``), or one per partition of ``optax.multi_transform``: leaves of
+  the other partitions are never pruned (scalar True).
+  """
   found = _mask_states(opt_state)
-  if len(found) != 1:
+  if not found:
     raise ValueError(
-        f"expected one sparsejax mask state in the optimizer state, found {len(found)}: "
-        "build the optimizer with static_masks / scheduled_pruning / magnitude_pruning, once.")
-  return found[0].masks
+        "expected one sparsejax mask state in the optimizer state, found 0: build the optimizer "
+        "with static_masks / scheduled_pruning / magnitude_pruning.")
+  return _merge_partitions([x.masks for x in found])
 
 
 def set_masks(opt_state: optax.OptState, masks: PyTree, *,

@@ -538,3 +538,72 @@ def test_nested_sparse_wrappers_are_refused():
                 transforms.magnitude_pruning(optax.chain(inner), schedules.one_shot(0.5))):
     with pytest.raises(ValueError, match="sparse wrapper inside another"):
       outer.init(params)
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradient accumulation (optax.MultiSteps) and partitions (optax.multi_transform).
+
+
+def _run(opt, params, loss, steps):
+  @jax.jit
+  def step(p, state):
+    updates, state = opt.update(jax.grad(loss)(p), state, p)
+    return transforms.apply_updates(p, updates, state), state
+
+  state = opt.init(params)
+  for _ in range(steps):
+    params, state = step(params, state)
+  return params, state
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_multisteps_either_placement_follows_the_loop_schedule(k):
+  """A schedule in mini-batches (300-step loop, 80% by step 250) is met whether MultiSteps is
+  inside the sparse wrapper or around it (with accumulation_steps=k)."""
+  params, _, loss = _mlp_problem()
+  schedule = schedules.polynomial(0.8, 10, 250, 10)
+  outer = transforms.magnitude_pruning(optax.MultiSteps(optax.adam(1e-2), k), schedule)
+  inner = optax.MultiSteps(transforms.magnitude_pruning(optax.adam(1e-2), schedule,
+                                                        accumulation_steps=k), k)
+  results = {}
+  for name, opt in (("outer", outer), ("inner", inner)):
+    final, state = _run(opt, params, loss, 300)
+    masks = transforms.get_masks(state)
+    assert float(masks_lib.sparsity(final, masks)) == pytest.approx(0.8, abs=0.01), name
+    assert int(masks_lib.violations(final, masks)) == 0, name
+    results[name] = final
+  # Without accumulation_steps the wrapper inside counts updates (k times fewer) and falls short.
+  short = optax.MultiSteps(transforms.magnitude_pruning(optax.adam(1e-2), schedule), k)
+  final, state = _run(short, params, loss, 300)
+  reached = float(masks_lib.sparsity(final, transforms.get_masks(state)))
+  assert reached == pytest.approx(0.8, abs=0.01) if k == 1 else reached < 0.7
+
+
+def test_accumulation_steps_must_be_positive():
+  with pytest.raises(ValueError, match="accumulation_steps=0"):
+    transforms.magnitude_pruning(optax.sgd(0.1), schedules.one_shot(0.5), accumulation_steps=0)
+
+
+def test_multi_transform_partition_masks_are_params_shaped():
+  params, masks, loss = _mlp_problem()
+  labels = {"hidden": {"kernel": "sparse", "bias": "dense"},
+            "output": {"kernel": "dense", "bias": "dense"}}
+  opt = optax.multi_transform(
+      {"sparse": transforms.magnitude_pruning(optax.adam(1e-2), schedules.one_shot(0.7, 2)),
+       "dense": optax.adam(1e-2)}, labels)
+  final, state = _run(opt, params, loss, 6)
+  got = transforms.get_masks(state)
+  masks_lib.validate(final, got)  # params-shaped: the mask utilities take it
+  assert got["output"]["kernel"].shape == () and bool(got["output"]["kernel"])
+  assert got["hidden"]["kernel"].shape == (8, 16)
+  assert float(masks_lib.sparsity(final, got)) == pytest.approx(0.7, abs=0.01)
+  assert int(masks_lib.violations(final, got)) == 0
+  # One wrapper per partition: their masks merge.
+  both = optax.multi_transform(
+      {"a": transforms.magnitude_pruning(optax.adam(1e-2), schedules.one_shot(0.5, 2)),
+       "b": transforms.magnitude_pruning(optax.adam(1e-2), schedules.one_shot(0.5, 2))},
+      {"hidden": {"kernel": "a", "bias": "a"}, "output": {"kernel": "b", "bias": "b"}})
+  final, state = _run(both, params, loss, 4)
+  merged = transforms.get_masks(state)
+  assert merged["hidden"]["kernel"].shape == (8, 16) and merged["output"]["kernel"].shape == (16, 2)
+  assert float(masks_lib.sparsity(final, merged)) == pytest.approx(0.5, abs=0.01)
