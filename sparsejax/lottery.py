@@ -26,6 +26,7 @@ density (global shuffle).
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -140,6 +141,7 @@ def rewind(rewind_params: PyTree, masks: PyTree) -> PyTree:
 
 def shuffle_layerwise(key: jax.Array, masks: PyTree) -> PyTree:
   """Random masks with the same number of kept weights in every leaf (random-mask control)."""
+  scores.check_key(key)
   leaves, treedef = jax.tree.flatten(masks)
   keys = jax.random.split(key, len(leaves))
   out = [jax.random.permutation(k, m.ravel()).reshape(m.shape) if masks_lib.is_prunable_mask(m)
@@ -149,6 +151,7 @@ def shuffle_layerwise(key: jax.Array, masks: PyTree) -> PyTree:
 
 def shuffle_global(key: jax.Array, masks: PyTree) -> PyTree:
   """Random masks with the same total number of kept weights over all prunable leaves."""
+  scores.check_key(key)
   leaves, treedef = jax.tree.flatten(masks)
   idx = [i for i, m in enumerate(leaves) if masks_lib.is_prunable_mask(m)]
   flat = jax.random.permutation(key, jnp.concatenate([leaves[i].ravel() for i in idx]))
@@ -201,6 +204,32 @@ def _owned(tree: PyTree) -> PyTree:
   return jax.tree.map(jnp.array, tree)
 
 
+def _checked(result: Any, like: PyTree, level: int) -> tuple[PyTree, dict, PyTree | None]:
+  """``train``'s result, refused before anything of the level is written if it is malformed."""
+  if not isinstance(result, tuple) or len(result) != 3:
+    raise ValueError(f"train returned {type(result).__name__} at level {level}; it must return a "
+                     "tuple (final_params, metrics, rewind_params).")
+  final, metrics, rewind_params = result
+  for name, tree in (("final_params", final), ("rewind_params", rewind_params)):
+    if tree is None and name == "rewind_params":
+      continue
+    for path, ref, got in masks_lib.check_structure(
+        like, tree, "initial params", f"{name} train returned at level {level}"):
+      if np.shape(ref) != np.shape(got):
+        raise ValueError(f"{name} train returned at level {level} has shape {np.shape(got)} at "
+                         f"{path}, the initial params {np.shape(ref)}.")
+  if not isinstance(metrics, dict):
+    raise ValueError(f"train returned metrics of type {type(metrics).__name__} at level {level}; "
+                     "they must be a dict of JSON-serialisable values (numbers, strings, lists).")
+  for key, value in metrics.items():
+    try:
+      json.dumps(value, default=lambda x: np.asarray(x).tolist())
+    except (TypeError, ValueError) as e:
+      raise ValueError(f"metric {key!r} = {value!r} train returned at level {level} cannot be "
+                       f"stored as JSON ({e}); return numbers, strings or lists.") from None
+  return final, metrics, rewind_params
+
+
 def _check_not_aliased(rewind_params: PyTree, final: PyTree, start: PyTree) -> None:
   """Refuses theta_k that is the trained final weights themselves: a live view taken at step k.
 
@@ -250,10 +279,12 @@ def run(train: TrainFn, init_params: PyTree, directory: str, *, levels: int,
   Returns:
     One :class:`Level` per level.
   """
-  if levels < 0:
-    raise ValueError(f"levels={levels!r} must be >= 0.")
-  if rewind_step < 0:
-    raise ValueError(f"rewind_step={rewind_step!r} must be >= 0.")
+  if not callable(train):
+    raise TypeError(f"train={train!r} is not a function: pass train(params, masks, *, level, "
+                    "start_step) -> (final_params, metrics, rewind_params).")
+  for name, value in (("levels", levels), ("rewind_step", rewind_step)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+      raise ValueError(f"{name}={value!r} must be an integer >= 0.")
   if mode not in ("global", "layerwise"):  # before the dense run, not after it
     raise ValueError(f"mode={mode!r} must be 'global' or 'layerwise'.")
   layer_fractions(masks_lib.ones_like(init_params, prunable), prune_fraction, overrides)
@@ -284,8 +315,9 @@ def run(train: TrainFn, init_params: PyTree, directory: str, *, levels: int,
         if theta_k is None:
           theta_k = files.load_arrays(rewind_path, init_params)
         start = rewind(theta_k, masks)
-      final, metrics, rewind_params = train(start, masks, level=level,
-                                            start_step=0 if level == 0 else rewind_step)
+      final, metrics, rewind_params = _checked(
+          train(start, masks, level=level, start_step=0 if level == 0 else rewind_step),
+          init_params, level)
       if level == 0:
         if rewind_params is None:
           raise ValueError("train must return the weights at rewind_step at level 0.")

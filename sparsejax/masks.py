@@ -1,9 +1,17 @@
 """Mask pytrees: create, apply, count, validate, summarize.
 
-A mask has exactly the tree structure of the params it masks. A *prunable* leaf carries a bool
-array of the leaf's shape (``True`` = kept); a leaf that is never pruned carries a scalar ``True``,
-which broadcasts and costs no memory. The mask therefore says by itself which leaves are
-prunable: ``mask.ndim > 0``.
+A mask has the tree structure of the params it masks. A *prunable* leaf carries a bool array of
+the leaf's shape (``True`` = kept); a leaf that is never pruned carries a scalar ``True``, which
+broadcasts and costs no memory. The mask therefore says by itself which leaves are prunable:
+``mask.ndim > 0``.
+
+Params and masks are matched leaf by leaf by name, so the containers of the two may differ where
+they mean the same thing: a Flax NNX Variable (``nnx.Param``, the ``nnx.OptVariable`` of an
+``nnx.Optimizer``'s state) counts as the value it holds, any mapping (``dict``, ``nnx.State``,
+``FrozenDict``) as a dict, and a child is named by its key whether it is an item ``['a']``, an
+attribute ``.a`` or an index ``[0]``. Masks read from an ``nnx.Optimizer`` thus fit
+``nnx.state(model, nnx.Param)``, or its ``nnx.to_pure_dict``, as they are; results shaped like
+the params (:func:`apply`) come back in the params' own containers.
 
 Which leaves are prunable is a rule on the key path (``jax.tree_util.keystr``) and the leaf:
 
@@ -23,8 +31,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Sequence
-from typing import Any, Union
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import Any, NamedTuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -148,6 +156,17 @@ def is_prunable_mask(mask_leaf: Any) -> bool:
   return np.ndim(mask_leaf) > 0
 
 
+def _mismatch(missing: Sequence[str], extra: Sequence[str], n_ref: int, n: int, ref_name: str,
+              name: str, hint: str) -> None:
+  if not (missing or extra):
+    return
+  found = ([f"{missing[0]} is in the {ref_name} but not in the {name}"] if missing else []) + (
+      [f"{extra[0]} is in the {name} but not in the {ref_name}"] if extra else [])
+  raise ValueError(
+      f"The {name} do not match the {ref_name}: {' and '.join(found)} ({n_ref} leaves in the "
+      f"{ref_name}, {n} in the {name}). {hint}")
+
+
 def check_paths(ref_paths: Sequence[str], paths: Sequence[str], ref_name: str, name: str,
                 hint: str = "") -> None:
   """Raises a ValueError naming the first key path that only one of two lists holds.
@@ -156,34 +175,98 @@ def check_paths(ref_paths: Sequence[str], paths: Sequence[str], ref_name: str, n
   ``name`` (e.g. the params and the masks, or the arrays of a file).
   """
   ref_set, path_set = set(ref_paths), set(paths)
-  missing = [p for p in ref_paths if p not in path_set]
-  extra = [p for p in paths if p not in ref_set]
-  if not (missing or extra):
-    return
-  found = ([f"{missing[0]} is in the {ref_name} but not in the {name}"] if missing else []) + (
-      [f"{extra[0]} is in the {name} but not in the {ref_name}"] if extra else [])
-  raise ValueError(
-      f"The {name} do not match the {ref_name}: {' and '.join(found)} ({len(ref_paths)} leaves "
-      f"in the {ref_name}, {len(paths)} in the {name}). {hint}")
+  _mismatch([p for p in ref_paths if p not in path_set], [p for p in paths if p not in ref_set],
+            len(ref_paths), len(paths), ref_name, name, hint)
+
+
+def _is_variable(x: Any) -> bool:
+  """Whether ``x`` is a Flax NNX ``Variable`` or ``VariableState`` (found by its interface, so
+  sparsejax needs no flax): a box whose pytree child is its ``.value``."""
+  cls = type(x)
+  return callable(getattr(cls, "get_metadata", None)) and hasattr(cls, "value")
+
+
+_VALUE = jax.tree_util.GetAttrKey("value")
+
+
+def _key_name(key: Any) -> Hashable:
+  """What a key names, whatever its kind: ``['a']`` and ``.a`` name ``'a'``, ``[0]`` names 0."""
+  for attr in ("key", "name", "idx"):
+    if hasattr(key, attr):
+      return getattr(key, attr)
+  return str(key)
+
+
+class _Flat(NamedTuple):
+  leaves: list  # (names, keystr path, leaf) in tree order
+  nodes: dict  # names -> (keystr path, type, child keys) of each container but Variables
+
+
+def _flatten(tree: PyTree) -> _Flat:
+  """The leaves of ``tree`` named by the names of their keys, and its containers.
+
+  A Variable's ``.value`` key adds no name: ``nnx.state(model)['fc']['kernel']``, an
+  ``nnx.Param`` whose path is ``['fc']['kernel'].value``, names its array ``('fc', 'kernel')``
+  like ``{'fc': {'kernel': array}}`` does.
+  """
+  leaves, nodes = [], {}
+
+  def visit(x, names, path):
+    # One level down: every node below x is a leaf here.
+    children, _ = jax.tree_util.tree_flatten_with_path(x, is_leaf=lambda y: y is not x)
+    if len(children) == 1 and not children[0][0]:  # x is a leaf (None and {} have no children)
+      leaves.append((names, jax.tree_util.keystr(path), x))
+      return
+    variable = _is_variable(x)
+    if not variable:
+      nodes[names] = (path, type(x), tuple(key for (key,), _ in children))
+    for (key,), child in children:
+      visit(child, names if variable and key == _VALUE else (*names, _key_name(key)),
+            (*path, key))
+
+  visit(tree, (), ())
+  return _Flat(leaves, nodes)
+
+
+def _same_kind(a: type, b: type) -> bool:
+  return a is b or (issubclass(a, Mapping) and issubclass(b, Mapping))
 
 
 def check_structure(reference: PyTree, tree: PyTree, ref_name: str, name: str,
                     hint: str = "") -> list[tuple[str, Any, Any]]:
   """(path, reference leaf, tree leaf) for every leaf, if ``tree`` has ``reference``'s structure.
 
+  The two match when they hold leaves of the same names in the same order (see the module
+  docstring: NNX Variables count as their values, mappings as dicts, items, attributes and
+  indices by their names), in containers of the same kinds where their keys are the same. The
+  paths returned are the reference's (``jax.tree_util.keystr``), its leaves unwrapped from
+  any Variable.
+
   Raises:
-    ValueError: naming the first path that only one of them holds (:func:`check_paths`), or
-      saying that the containers differ where the paths agree.
+    ValueError: naming the first path that only one of them holds, or where their order or
+      their containers differ.
   """
-  r_leaves, r_def = jax.tree_util.tree_flatten_with_path(reference)
-  t_leaves, t_def = jax.tree_util.tree_flatten_with_path(tree)
-  paths = [jax.tree_util.keystr(p) for p, _ in t_leaves]
-  check_paths([jax.tree_util.keystr(p) for p, _ in r_leaves], paths, ref_name, name, hint)
-  if r_def != t_def:
+  ref, other = _flatten(reference), _flatten(tree)
+  ref_names, names = [n for n, _, _ in ref.leaves], [n for n, _, _ in other.leaves]
+  if ref_names != names:
+    ref_set, name_set = set(ref_names), set(names)
+    _mismatch([p for n, p, _ in ref.leaves if n not in name_set],
+              [p for n, p, _ in other.leaves if n not in ref_set], len(ref_names), len(names),
+              ref_name, name, hint)
+    i = next(i for i, (a, b) in enumerate(zip(ref_names, names)) if a != b)
     raise ValueError(
-        f"The {name} do not match the {ref_name}: the leaf paths agree but the containers differ "
-        f"({ref_name} {r_def}, {name} {t_def}). {hint}")
-  return [(path, r, t) for path, (_, r), (_, t) in zip(paths, r_leaves, t_leaves)]
+        f"The {name} do not match the {ref_name}: they hold the same leaves in another order "
+        f"(leaf {i} is {ref.leaves[i][1]} in the {ref_name} but {other.leaves[i][1]} in the "
+        f"{name}). {hint}")
+  for n, (path, ref_type, ref_keys) in ref.nodes.items():
+    _, tree_type, keys = other.nodes.get(n, (None, ref_type, None))
+    if keys == ref_keys and not _same_kind(ref_type, tree_type):
+      where = f"at {jax.tree_util.keystr(path)}" if path else "at the top"
+      raise ValueError(
+          f"The {name} do not match the {ref_name}: the leaf paths agree but the containers "
+          f"differ {where}: a {ref_type.__name__} in the {ref_name}, a {tree_type.__name__} in "
+          f"the {name}. {hint}")
+  return [(path, r, t) for (_, path, r), (_, _, t) in zip(ref.leaves, other.leaves)]
 
 
 def _check_bool(path: str, mask_leaf: Any) -> None:
@@ -191,11 +274,13 @@ def _check_bool(path: str, mask_leaf: Any) -> None:
     raise ValueError(f"mask at {path} has dtype {jnp.result_type(mask_leaf)}; masks must be bool.")
 
 
-def validate(params: PyTree, masks: PyTree) -> None:
-  """Raises a ValueError naming the first path where ``masks`` does not fit ``params``."""
+def _fitted(params: PyTree, masks: PyTree) -> list[tuple[str, Any, Any]]:
+  """(params path, param, mask) for every leaf, once :func:`validate` found that they fit."""
   leaves = check_structure(
       params, masks, "params", "masks",
-      "A mask must have exactly the params' tree structure (masks.ones_like).")
+      "Masks must have the params' leaves: build them from these params (sparsejax.masks."
+      "ones_like, sparsejax.pruning) or read them from their optimizer state "
+      "(sparsejax.transforms.get_masks).")
   for path, p, m in leaves:
     m_shape, p_shape = jnp.shape(m), jnp.shape(p)
     if m_shape not in ((), p_shape):
@@ -206,13 +291,37 @@ def validate(params: PyTree, masks: PyTree) -> None:
           + (f" For masks of {m_shape[0]} replicates made under jax.vmap, pass "
              f"batch_dims={len(m_shape)}." if batched else ""))
     _check_bool(path, m)
+  return leaves
+
+
+def validate(params: PyTree, masks: PyTree) -> None:
+  """Raises a ValueError naming the first path where ``masks`` does not fit ``params``.
+
+  They fit when they hold leaves of the same names (:func:`check_structure`: e.g. an
+  ``nnx.State`` and a pure dict, or masks from an ``nnx.Optimizer``), each mask a bool array of
+  its param's shape or a scalar (never pruned).
+  """
+  _fitted(params, masks)
+
+
+def conform(params: PyTree, masks: PyTree) -> PyTree:
+  """``masks`` in the containers of ``params``, for code that maps over both with ``jax.tree.map``.
+
+  E.g. masks read from an ``nnx.Optimizer`` (``nnx.OptVariable``s) or given as a pure dict become
+  an ``nnx.State`` of ``nnx.Param``s like ``nnx.state(model, nnx.Param)``, and the reverse.
+
+  Raises:
+    ValueError: naming the first path where ``masks`` does not fit ``params`` (:func:`validate`).
+  """
+  leaves = [m for _, _, m in _fitted(params, masks)]
+  return jax.tree.unflatten(jax.tree.structure(params), leaves)
 
 
 def validate_replacement(old: PyTree, new: PyTree) -> None:
   """Raises a ValueError naming the first path where masks ``new`` cannot replace ``old``.
 
-  They must have the same tree structure and leaf shapes (so a jitted step compiled for ``old``
-  is reused), and bool leaves.
+  They must have leaves of the same names (:func:`check_structure`) and shapes (so a jitted step
+  compiled for ``old`` is reused), and bool leaves.
   """
   leaves = check_structure(old, new, "old masks", "new masks",
                            "Derive the new masks from the old ones (e.g. sparsejax.pruning).")
@@ -228,14 +337,16 @@ def validate_replacement(old: PyTree, new: PyTree) -> None:
 def apply(params: PyTree, masks: PyTree) -> PyTree:
   """Params with every pruned weight set to exactly 0.0 (NaN and inf included).
 
+  The result has the containers of ``params`` (an ``nnx.State`` of ``nnx.Param``s stays one),
+  whatever those of ``masks``.
+
   Raises:
     ValueError: naming the first path where ``masks`` does not fit ``params`` (:func:`validate`;
       shapes are static, so the check costs nothing inside ``jit``).
   """
-  validate(params, masks)
-  return jax.tree.map(
-      lambda p, m: jnp.where(m, p, jnp.zeros((), jnp.result_type(p))) if is_prunable_mask(m) else p,
-      params, masks)
+  out = [jnp.where(m, p, jnp.zeros((), jnp.result_type(p))) if is_prunable_mask(m) else p
+         for _, p, m in _fitted(params, masks)]
+  return jax.tree.unflatten(jax.tree.structure(params), out)
 
 
 def _per_replicate(fn, batch_dims: int, *trees):
@@ -288,9 +399,8 @@ def violations(params: PyTree, masks: PyTree, *, batch_dims: int = 0) -> jax.Arr
   """
   if batch_dims:
     return _per_replicate(violations, batch_dims, params, masks)
-  validate(params, masks)
   counts = [jnp.sum(~m & (p != 0.0), dtype=jnp.int32)
-            for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(masks)) if is_prunable_mask(m)]
+            for _, p, m in _fitted(params, masks) if is_prunable_mask(m)]
   return sum(counts, jnp.int32(0))
 
 
@@ -321,13 +431,8 @@ def summary(params: PyTree, masks: PyTree, *, batch_dims: int = 0):
   if batch_dims:
     n = jax.tree.leaves(masks)[0].shape[0]
     return [summary(replicate(params, i), replicate(masks, i)) for i in range(n)]
-  validate(params, masks)
-  rows = []
-  for (path, p), m in zip(jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(masks)):
-    if is_prunable_mask(m):
-      rows.append(LayerSummary(jax.tree_util.keystr(path), tuple(np.shape(p)),
-                               int(np.sum(np.asarray(m))), int(np.size(p))))
-  return rows
+  return [LayerSummary(path, tuple(np.shape(p)), int(np.sum(np.asarray(m))), int(np.size(p)))
+          for path, p, m in _fitted(params, masks) if is_prunable_mask(m)]
 
 
 def summary_table(params: PyTree, masks: PyTree, *, batch_dims: int = 0) -> str:

@@ -60,7 +60,7 @@ def layerwise_counts(scores: PyTree, counts: PyTree, masks: PyTree, *,
   ``counts`` is shaped like ``masks``: an integer scalar per leaf (ignored where the mask is a
   scalar ``True``, a leaf never pruned), concrete or traced.
   """
-  masks_lib.validate(scores, masks)
+  masks = masks_lib.conform(scores, masks)
   leaves = masks_lib.check_structure(masks, counts, "masks", "counts",
                                      "Give one integer per leaf of the masks.")
   for path, m, c in leaves:
@@ -75,7 +75,7 @@ def layerwise_counts(scores: PyTree, counts: PyTree, masks: PyTree, *,
 
 def global_count(scores: PyTree, k: Any, masks: PyTree, *, revive: bool = False) -> PyTree:
   """Keeps the top ``k`` scores over all prunable leaves of ``masks`` together."""
-  masks_lib.validate(scores, masks)
+  masks = masks_lib.conform(scores, masks)
   score_leaves, mask_leaves, treedef, idx = _split(scores, masks)
   _check_count("k", k, sum(mask_leaves[i].size for i in idx))
   kept = selection.top_k_masks(_keys(score_leaves, mask_leaves, idx, revive), k)
@@ -84,7 +84,7 @@ def global_count(scores: PyTree, k: Any, masks: PyTree, *, revive: bool = False)
 
 def layerwise(scores: PyTree, densities: PyTree, masks: PyTree, *, revive: bool = False) -> PyTree:
   """Keeps the top ``round(density * size)`` scores of every prunable leaf of ``masks``."""
-  masks_lib.validate(scores, masks)
+  masks = masks_lib.conform(scores, masks)
   distributions.validate_densities(scores, densities)
   counts = jax.tree.map(
       lambda d, m: jnp.round(jnp.asarray(d, jnp.float32) * np.size(m)).astype(jnp.int32),
@@ -105,8 +105,10 @@ def prune(scores: PyTree, sparsity: Any, masks: PyTree, distribution: str = "uni
   """Masks at ``sparsity`` with ``distribution`` in {'uniform', 'er', 'erk', 'global'}.
 
   The layerwise densities are computed from the shapes of ``params`` (default: of ``scores``)
-  over the prunable leaves of ``masks``.
+  over the prunable leaves of ``masks``. ``masks`` may come in other containers than the params
+  (an NNX optimizer's, a pure dict): the new masks come in those of ``scores``.
   """
+  masks = masks_lib.conform(scores, masks)
   if distribution == "global":
     return global_(scores, sparsity, masks, revive=revive)
   shapes = scores if params is None else params

@@ -20,7 +20,21 @@ def magnitude(params: PyTree) -> PyTree:
   return jax.tree.map(jnp.abs, params)
 
 
+def check_key(key: Any, name: str = "key") -> None:
+  """Raises TypeError unless ``key`` is a ``jax.random`` key (typed, or raw uint32 of shape (2,))."""
+  if isinstance(key, jax.core.Tracer) and not hasattr(key, "dtype"):
+    return
+  dtype = getattr(key, "dtype", None)
+  typed = dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+  raw = dtype == jnp.uint32 and jnp.shape(key) == (2,)
+  if not (typed or raw):
+    raise TypeError(f"{name}={key!r} is not a jax.random key: pass jax.random.key(seed) "
+                    f"(e.g. jax.random.key({key!r}) for an int seed)." if isinstance(key, int)
+                    else f"{name} must be a jax.random key (jax.random.key(seed)), got {key!r}.")
+
+
 def random(key: jax.Array, params: PyTree) -> PyTree:
+  check_key(key)
   leaves, treedef = jax.tree.flatten(params)
   keys = jax.random.split(key, len(leaves))
   return jax.tree.unflatten(

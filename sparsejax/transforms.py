@@ -74,6 +74,20 @@ def _init_inner(inner, params, masks, name: str):
   return inner_state
 
 
+def _check_inner(inner: Any, name: str) -> None:
+  if not (hasattr(inner, "init") and hasattr(inner, "update")):
+    raise TypeError(f"{name}: inner (a {type(inner).__name__}) is not an optax optimizer (an "
+                    "object with init and update); the first argument is the optimizer to wrap, "
+                    f"e.g. {name}(optax.adam(1e-3), ...).")
+
+
+def _check_schedule(schedule: Any, name: str) -> None:
+  if not (callable(schedule) and hasattr(schedule, "is_update_step")):
+    raise TypeError(f"{name}: schedule={schedule!r} is not a schedule (sparsity(step) with "
+                    "is_update_step(step)): pass sparsejax.schedules.polynomial(...) or "
+                    "sparsejax.schedules.one_shot(sparsity, step).")
+
+
 def _require_params(params, name: str):
   if params is None:
     raise ValueError(f"{name} needs the params: call update(updates, state, params).")
@@ -118,11 +132,11 @@ def static_masks(inner: optax.GradientTransformation,
     masks: a mask pytree (:mod:`sparsejax.masks`), or a function ``params -> masks`` called at
       ``init`` (handy under ``jax.vmap``, where each model gets its own masks).
   """
+  _check_inner(inner, "static_masks")
   inner = optax.with_extra_args_support(inner)
 
   def init_fn(params):
-    m = masks(params) if callable(masks) else masks
-    masks_lib.validate(params, m)
+    m = masks_lib.conform(params, masks(params) if callable(masks) else masks)
     return StaticMasksState(m, _init_inner(inner, params, m, "static_masks"))
 
   def update_fn(updates, state, params=None, **extra_args):
@@ -178,6 +192,11 @@ def scheduled_pruning(inner: optax.GradientTransformation, schedule, score_fn: S
     raise ValueError(
         "scheduled_pruning got both prunable and initial_masks: the masks already say which "
         "leaves are prunable (a bool array) and which are not (a scalar True); pass one of them.")
+  _check_inner(inner, "scheduled_pruning")
+  _check_schedule(schedule, "scheduled_pruning")
+  if not callable(score_fn):
+    raise TypeError(f"scheduled_pruning: score_fn={score_fn!r} must be a function "
+                    "(params, grads) -> scores.")
   if (isinstance(accumulation_steps, bool) or not isinstance(accumulation_steps, int)
       or accumulation_steps < 1):
     raise ValueError(f"accumulation_steps={accumulation_steps!r} must be a positive int: the "
@@ -189,7 +208,7 @@ def scheduled_pruning(inner: optax.GradientTransformation, schedule, score_fn: S
 
   def init_fn(params):
     m = masks_lib.ones_like(params, prunable) if initial_masks is None else initial_masks
-    masks_lib.validate(params, m)
+    m = masks_lib.conform(params, m)  # the params' containers, e.g. NNX's
     return ScheduledPruningState(jnp.zeros((), jnp.int32), m,
                                  _init_inner(inner, params, m, "scheduled_pruning"))
 
@@ -299,9 +318,16 @@ def set_masks(opt_state: optax.OptState, masks: PyTree, *,
       ``opt_state`` in tree structure, shape or dtype; or if ``inner`` did not make the inner state.
   """
   masks_lib.validate_replacement(get_masks(opt_state), masks)
+  if len(_mask_states(opt_state)) > 1:
+    raise ValueError("set_masks replaces the masks of one sparse wrapper; this optimizer state "
+                     "holds one per optax.multi_transform partition: set each partition's "
+                     "wrapper state instead.")
   is_mask_state = lambda x: isinstance(x, _MASK_STATES)
-  replace = lambda x: x._replace(masks=masks,
-                                 inner_state=_zero_pruned_state(inner, x.inner_state, masks))
+
+  def replace(x):
+    new = masks_lib.conform(x.masks, masks)  # the containers the state holds (e.g. NNX's)
+    return x._replace(masks=new, inner_state=_zero_pruned_state(inner, x.inner_state, new))
+
   return jax.tree.map(lambda x: replace(x) if is_mask_state(x) else x, opt_state,
                       is_leaf=is_mask_state)
 

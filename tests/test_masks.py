@@ -1,12 +1,14 @@
 """Tests for sparsejax.masks: structure, rules, apply, counts, validation, summaries."""
 
 import re
+from typing import Any, NamedTuple
 
 import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -570,3 +572,113 @@ def test_batched_masks_without_batch_dims_are_refused_with_the_fix():
     masks.sparsity(params, m)
   with pytest.raises(ValueError, match="batch_dims=-1"):
     masks.density(m, batch_dims=-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Containers: params and masks match by leaf names, whatever NNX / pytree containers hold them.
+
+
+def _nnx_params_and_masks():
+  state = nnx.state(_NnxNet(nnx.Rngs(0)), nnx.Param)
+  m = masks.ones_like(state)
+  m["linear"]["kernel"].set_value(jnp.arange(48).reshape(16, 3) % 4 == 0)
+  return state, m
+
+
+def _opt_variables(tree):
+  """``tree`` as an ``nnx.Optimizer`` stores it: every Variable an ``nnx.OptVariable``."""
+  return nnx.training.optimizer.to_opt_state(tree)
+
+
+def test_nnx_state_and_pure_dicts_match_either_way():
+  state, m = _nnx_params_and_masks()
+  pure_state, pure_m = nnx.to_pure_dict(state), nnx.to_pure_dict(m)
+  opt_m = _opt_variables(m)
+  assert isinstance(opt_m["linear"]["kernel"], nnx.OptVariable)
+  pruned = masks.apply(state, m)
+  for p, mm in [(state, pure_m), (pure_state, m), (state, opt_m), (pure_state, opt_m),
+                (nnx.as_pure(state), m)]:
+    masks.validate(p, mm)
+    assert float(masks.sparsity(p, mm)) == pytest.approx(1 - (12 + 36) / (48 + 36))
+    assert int(masks.violations(p, mm)) == 36
+    assert [(r.shape, r.kept) for r in masks.summary(p, mm)] == [((3, 3, 1, 4), 36), ((16, 3), 12)]
+    out = masks.apply(p, mm)
+    assert jax.tree.structure(out) == jax.tree.structure(p)  # the params' own containers
+    chex.assert_trees_all_equal(jax.tree.leaves(out), jax.tree.leaves(pruned))
+    assert int(masks.violations(out, mm)) == 0
+  # Summary rows carry the params' own paths.
+  assert [r.path for r in masks.summary(pure_state, m)] == ["['conv']['kernel']",
+                                                            "['linear']['kernel']"]
+  assert [r.path for r in masks.summary(state, pure_m)] == ["['conv']['kernel'].value",
+                                                            "['linear']['kernel'].value"]
+  assert masks.summary_table(state, opt_m) == masks.summary_table(state, m)
+  masks.validate_replacement(opt_m, pure_m)
+
+
+def test_conform_gives_masks_the_params_containers():
+  state, m = _nnx_params_and_masks()
+  for p in (state, nnx.to_pure_dict(state)):
+    for mm in (m, nnx.to_pure_dict(m), _opt_variables(m)):
+      conformed = masks.conform(p, mm)
+      assert jax.tree.structure(conformed) == jax.tree.structure(p)
+      chex.assert_trees_all_equal(jax.tree.leaves(conformed), jax.tree.leaves(m))
+  with pytest.raises(ValueError, match=re.escape("['bn']['bias'].value is in the params")):
+    masks.conform(state, {k: v for k, v in nnx.to_pure_dict(m).items() if k != "bn"})
+
+
+def test_state_and_pure_dict_of_other_models_name_their_own_paths():
+  state, _ = _nnx_params_and_masks()
+  other = nnx.to_pure_dict(masks.ones_like(nnx.state(_Named(nnx.Rngs(0)), nnx.Param)))
+  with pytest.raises(ValueError) as err:
+    masks.validate(state, other)
+  assert str(err.value).startswith(
+      "The masks do not match the params: ['bn']['bias'].value is in the params but not in the "
+      "masks and ['enormous']['bias'] is in the masks but not in the params (6 leaves in the "
+      "params, 7 in the masks). Masks must have the params' leaves: build them from these params")
+  assert "PyTreeDef" not in str(err.value)
+
+
+class _Dense(NamedTuple):
+  bias: Any
+  kernel: Any
+
+
+class _KernelFirst(NamedTuple):
+  kernel: Any
+  bias: Any
+
+
+def test_items_attributes_and_indices_match_by_name():
+  w, b = jnp.ones((4, 3)), jnp.zeros(3)
+  params = [_Dense(b, w), _Dense(b, w)]  # SequenceKey, then GetAttrKey
+  m = {0: {"bias": jnp.array(True), "kernel": jnp.eye(4, 3, dtype=bool)},  # DictKeys
+       1: {"bias": jnp.array(True), "kernel": jnp.ones((4, 3), bool)}}
+  masks.validate(params, m)
+  out = masks.apply(params, m)
+  assert type(out) is list and type(out[0]) is _Dense
+  np.testing.assert_array_equal(out[0].kernel, np.eye(4, 3))
+  assert [r.path for r in masks.summary(params, m)] == ["[0].kernel", "[1].kernel"]
+  # The same names in another order would pair leaves wrongly where trees are zipped.
+  swapped = {i: {"kernel": w, "bias": b} for i in (0, 1)}
+  with pytest.raises(ValueError, match=re.escape(
+      "they hold the same leaves in another order (leaf 0 is [0]['bias'] in the params but "
+      "[0].kernel in the masks)")):
+    masks.validate(swapped, [_KernelFirst(w > 0, jnp.array(True))] * 2)
+
+
+def test_same_keys_in_containers_of_other_kinds_are_refused_without_a_treedef_dump():
+  x, m = jnp.ones((2, 2)), jnp.ones((2, 2), bool)
+  with pytest.raises(ValueError) as err:
+    masks.validate({"a": [x, x]}, {"a": (m, m)})
+  assert "containers differ at ['a']: a list in the params, a tuple in the masks" in str(err.value)
+  assert "PyTreeDef" not in str(err.value)
+
+
+def test_empty_containers_and_none_hold_no_leaves():
+  params = {"fc": {"kernel": jnp.ones((4, 3)), "bias": None}, "frozen": optax.MaskedNode(),
+            "empty": {}}
+  m = masks.ones_like(params)
+  masks.validate(params, m)
+  masks.validate(params, {"fc": {"kernel": jnp.ones((4, 3), bool)}})
+  out = masks.apply(params, m)
+  assert out["fc"]["bias"] is None and isinstance(out["frozen"], optax.MaskedNode)
