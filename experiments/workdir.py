@@ -42,6 +42,17 @@ read_json = files.read_json
 save_arrays = files.save_arrays
 
 
+def read_finished(path: str) -> Any:
+  """The JSON record a finished piece of work left (a training's ``summary.json``), or None if
+  there is none, or if it is damaged (a bad disk, a copy cut short): then the work is redone
+  from its checkpoints, with a warning."""
+  try:
+    return read_json(path)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    logging.warning("%s is damaged (%s); redoing what it records from the checkpoints", path, e)
+    return None
+
+
 def holds_checkpoint(directory: str) -> bool:
   """Whether ``directory`` holds an orbax checkpoint of a training (``checkpoints/<step>``)."""
   checkpoints = os.path.join(directory, "checkpoints")

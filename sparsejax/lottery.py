@@ -29,6 +29,8 @@ import json
 import numbers
 import os
 import re
+import warnings
+import zipfile
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -204,6 +206,23 @@ def _owned(tree: PyTree) -> PyTree:
   return jax.tree.map(jnp.array, tree)
 
 
+def _load_level(d: str, level: int, masks_like: PyTree, params_like: PyTree) -> Level | None:
+  """A finished level from its directory, or None if it is not finished (or its files are
+  damaged: a bad disk, a copy cut short; then it is trained again, with a warning)."""
+  try:
+    done = files.read_json(os.path.join(d, "level.json"))
+    if done is None:
+      return None
+    return Level(level, files.load_arrays(os.path.join(d, "masks.npz"), masks_like),
+                 files.load_arrays(os.path.join(d, "start_params.npz"), params_like),
+                 files.load_arrays(os.path.join(d, "final_params.npz"), params_like),
+                 done["metrics"])
+  except (json.JSONDecodeError, UnicodeDecodeError, zipfile.BadZipFile, EOFError, KeyError) as e:
+    warnings.warn(f"level {level} in {d} is damaged ({type(e).__name__}: {e}); training it "
+                  "again.", stacklevel=3)
+    return None
+
+
 def _checked(result: Any, like: PyTree, level: int) -> tuple[PyTree, dict, PyTree | None]:
   """``train``'s result, refused before anything of the level is written if it is malformed."""
   if not isinstance(result, tuple) or len(result) != 3:
@@ -298,13 +317,8 @@ def run(train: TrainFn, init_params: PyTree, directory: str, *, levels: int,
   results: list[Level] = []
   for level in range(levels + 1):
     d = level_dir(directory, level)
-    done = files.read_json(os.path.join(d, "level.json"))
-    if done is not None:
-      result = Level(level, files.load_arrays(os.path.join(d, "masks.npz"), masks_like),
-                     files.load_arrays(os.path.join(d, "start_params.npz"), init_params),
-                     files.load_arrays(os.path.join(d, "final_params.npz"), init_params),
-                     done["metrics"])
-    else:
+    result = _load_level(d, level, masks_like, init_params)
+    if result is None:
       os.makedirs(d, exist_ok=True)
       if level == 0:
         masks, start = masks_like, init_params

@@ -205,3 +205,20 @@ def test_an_unreadable_config_json_is_one_clear_error(tmp_path):
   (tmp_path / "config.json").write_text('{"protocol": "tr')
   with pytest.raises(config_lib.ConfigError, match="config.json is unreadable"):
     experiment.run(digits_config(steps="100it"), str(tmp_path))
+
+
+def test_a_damaged_training_summary_of_a_lottery_run_is_redone(tmp_path):
+  def imp_config():
+    c = config_lib.defaults()
+    c.protocol, c.dataset, c.batch_size, c.steps = "imp", "digits", 64, "80it"
+    c.eval_every = c.log_every = c.checkpoint_every = "40it"
+    c.levels, c.controls = 1, ("reinit",)
+    return c
+
+  first = experiment.run(imp_config(), str(tmp_path))
+  for path in (tmp_path / "replicate_0" / "level_1" / "controls" / "reinit" / "summary.json",
+               tmp_path / "replicate_0" / "level_1" / "level.json"):
+    path.write_text(path.read_text()[:20])
+  again = experiment.run(imp_config(), str(tmp_path))
+  strip = lambda s: [{k: v for k, v in r.items() if "wall" not in k} for r in s["levels"]]
+  assert strip(again) == strip(first)

@@ -686,3 +686,26 @@ def test_views_given_to_run_are_copied_and_batchnorm_statistics_rewind(tmp_path)
   # Each level's final weights are its own, not the model's latest.
   assert not np.array_equal(levels[0].final_params["dense"]["kernel"][...],
                             levels[2].final_params["dense"]["kernel"][...])
+
+
+@pytest.mark.parametrize("damaged", ["level.json", "final_params.npz", "masks.npz"])
+def test_a_damaged_finished_level_is_trained_again(tmp_path, damaged):
+  """A bad disk or a copy cut short in a finished level: a warning, the level trains again, and
+  the run ends as an undamaged one."""
+  params = {"dense": {"kernel": jnp.arange(1.0, 13.0).reshape(3, 4)}}
+  calls = []
+
+  def train(p, m, *, level, start_step):
+    calls.append(level)
+    return jax.tree.map(lambda x: x * 1.5, p), {"level": level}, p
+
+  first = lottery.run(train, params, str(tmp_path), levels=2)
+  path = tmp_path / "level_1" / damaged
+  path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+  calls.clear()
+  with pytest.warns(UserWarning, match="level 1 .* is damaged"):
+    again = lottery.run(train, params, str(tmp_path), levels=2)
+  assert calls == [1]  # level 1 again; level 2 (from the same level 1) is kept
+  for a, b in zip(first, again):
+    chex.assert_trees_all_equal(a.masks, b.masks)
+    chex.assert_trees_all_equal(a.final_params, b.final_params)

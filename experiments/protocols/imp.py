@@ -145,7 +145,7 @@ class Replicate:
 
   def train(self, state, directory: str, label: str) -> tuple[dict, dict]:
     """Trains ``state`` to the end in ``directory`` (resumable) and records its summary there."""
-    summary = workdir.read_json(os.path.join(directory, "summary.json"))
+    summary = workdir.read_finished(os.path.join(directory, "summary.json"))
     if summary is not None:
       return None, summary
     state, summary = trainer.train(self.setup.task, self.sparsifier, self.train_steps,
@@ -220,7 +220,7 @@ def _controls(rep: Replicate, level: lottery.Level) -> dict:
   rewound = rep.rewind_state()
   for name in rep.config.controls:
     directory = os.path.join(lottery.level_dir(rep.directory, level.level), "controls", name)
-    summary = workdir.read_json(os.path.join(directory, "summary.json"))
+    summary = workdir.read_finished(os.path.join(directory, "summary.json"))
     if summary is None:
       key = rng.stream(rep.key, "control", level.level, name)
       model_state = rewound["model_state"]
@@ -253,7 +253,7 @@ def _instability(rep: Replicate, level: lottery.Level) -> dict:
   """
   directory = os.path.join(lottery.level_dir(rep.directory, level.level), "instability")
   path = os.path.join(directory, "barrier.json")
-  saved = workdir.read_json(path)
+  saved = workdir.read_finished(path)
   if saved is not None:
     return saved
   rewound = rep.rewind_state()
