@@ -8,6 +8,7 @@ the run with one line and the corrected config can still use the same workdir.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -29,6 +30,11 @@ class Setup:
   workdir: str
   task: trainer.Task
   prunable: masks_lib.Prunable
+
+  @functools.cached_property
+  def param_shapes(self) -> PyTree:
+    """The params' shapes and dtypes (``jax.ShapeDtypeStruct``s), without building them."""
+    return jax.eval_shape(self.model.init, jax.random.key(0))[0]
 
   @property
   def model(self) -> models.Model:
@@ -98,7 +104,6 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Setup:
   """The run's :class:`Setup`; raises :class:`ConfigError` for what the config gets wrong."""
   data = load_data(config)
   task = build_task(config, data)
-  prunable = masks_lib.rule(exclude=config.prune_exclude or None)
-  params, _ = jax.eval_shape(task.model.init, jax.random.key(0))
-  check_prunable(config, params, prunable)
-  return Setup(config, workdir, task, prunable)
+  setup = Setup(config, workdir, task, masks_lib.rule(exclude=config.prune_exclude or None))
+  check_prunable(config, setup.param_shapes, setup.prunable)
+  return setup

@@ -306,12 +306,12 @@ def run(train: TrainFn, init_params: PyTree, directory: str, *, levels: int,
       raise ValueError(f"{name}={value!r} must be an integer >= 0.")
   if mode not in ("global", "layerwise"):  # before the dense run, not after it
     raise ValueError(f"mode={mode!r} must be 'global' or 'layerwise'.")
-  layer_fractions(masks_lib.ones_like(init_params, prunable), prune_fraction, overrides)
+  masks_like = masks_lib.ones_like(init_params, prunable)
+  layer_fractions(masks_like, prune_fraction, overrides)
   init_params = _owned(init_params)
   os.makedirs(directory, exist_ok=True)
   _check_settings(directory, {"prune_fraction": prune_fraction, "rewind_step": rewind_step,
                               "mode": mode, "overrides": dict(overrides or {})})
-  masks_like = masks_lib.ones_like(init_params, prunable)
   rewind_path = os.path.join(directory, "rewind_params.npz")
   theta_k = None  # read from the directory only when level 0 is not trained now
   results: list[Level] = []

@@ -246,6 +246,10 @@ def check_structure(reference: PyTree, tree: PyTree, ref_name: str, name: str,
     ValueError: naming the first path that only one of them holds, or where their order or
       their containers differ.
   """
+  ref_leaves, ref_def = jax.tree_util.tree_flatten_with_path(reference)
+  leaves, treedef = jax.tree.flatten(tree)
+  if treedef == ref_def:  # the same containers: nothing to match by name
+    return [(jax.tree_util.keystr(path), r, t) for (path, r), t in zip(ref_leaves, leaves)]
   ref, other = _flatten(reference), _flatten(tree)
   ref_names, names = [n for n, _, _ in ref.leaves], [n for n, _, _ in other.leaves]
   if ref_names != names:

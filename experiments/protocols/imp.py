@@ -28,6 +28,7 @@ Workdir layout (as OpenLTH's, one directory per replicate and level)::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Any
 
@@ -160,23 +161,29 @@ class Replicate:
     return self._rewound
 
   def _restore_rewind_state(self) -> dict:
-    template = self.fresh_state(*self.init(), self.ones(), 0)
+    template = self.fresh_state(*self.init(), self.ones, 0)
     checkpoints = workdir.Checkpoints(os.path.join(self.directory, "rewind_state"))
     restored, _ = checkpoints.restore(self.rewind_step, template)
     checkpoints.close()
     return restored
 
-  def init(self, key: jax.Array | None = None):
-    """(params, model_state) from ``key`` (default: the replicate's theta_0)."""
-    return self.setup.init(self.key if key is None else key)
+  @functools.cached_property
+  def _theta_0(self):
+    return self.setup.init(self.key)
 
+  def init(self, key: jax.Array | None = None):
+    """(params, model_state) from ``key`` (default: the replicate's theta_0, built once)."""
+    return self._theta_0 if key is None else self.setup.init(key)
+
+  @functools.cached_property
   def ones(self):
+    """Masks that keep every weight: the structure of every level's masks."""
     return masks_lib.ones_like(self.init()[0], self.setup.prunable)
 
   def load_final(self, directory: str, like: PyTree) -> dict:
     """The final training state of a finished training in ``directory``."""
     checkpoints = workdir.Checkpoints(os.path.join(directory, "checkpoints"))
-    template = self.fresh_state(like, self.init()[1], self.ones(), 0)
+    template = self.fresh_state(like, self.init()[1], self.ones, 0)
     state, _ = checkpoints.restore(checkpoints.latest_step(), template)
     checkpoints.close()
     return state
@@ -279,17 +286,16 @@ def _instability(rep: Replicate, level: lottery.Level) -> dict:
 
 
 @PROTOCOLS.register("imp", keys=KEYS, validate=validate, check=check,
-                    report=lambda summary, directory: report.printed(summary, directory),
+                    report=report.printed,
                     extendable=("levels", "replicates"), uses_sparsifier=False)
 def imp(setup: Setup) -> dict:
   """Runs (or resumes) the lottery-ticket experiment of ``setup``; its summary."""
   config, task = setup.config, setup.task
   rewind_step = _rewind_step(setup)
-  probe_params = jax.eval_shape(setup.model.init, jax.random.key(0))[0]
   # One optimizer for every level and control: the masks live in its state.
   inner = setup.inner_optimizer()
   sparsifier = sparsifiers.with_masks(transforms.static_masks(
-      inner, masks_lib.ones_like(probe_params, setup.prunable)))
+      inner, masks_lib.ones_like(setup.param_shapes, setup.prunable)))
   train_steps = trainer.make_train_steps(task, sparsifier)
   evaluate = trainer.make_evaluate(task)
   mode = "global" if config.distribution == "global" else "layerwise"
