@@ -10,14 +10,18 @@ registered sparsifier and protocol owns (:mod:`experiments.registry`). ``protoco
 trainings a run does (``train``: one training; ``imp``: lottery tickets) and ``sparsifier`` the
 sparse method of a training (``dense``, ``magnitude``, ``random``, ``snip``). ``method`` is a
 shorthand kept from earlier versions: ``method=NAME`` selects the protocol ``NAME`` if there is
-one, else the sparsifier ``NAME`` under the ``train`` protocol.
+one, else the sparsifier ``NAME`` under the protocol it names (``train``, or ``structured`` for
+the group sparsifiers). ``widths`` rebuilds the model at other hidden widths and ``init_from``
+starts from the compressed network a ``structured`` run left (its widths too).
 """
 
 from __future__ import annotations
 
+import os
+
 import ml_collections
 
-from experiments import models, parsing, protocols, sparsifiers  # noqa: F401 (registrations)
+from experiments import group_sparsifiers, models, parsing, protocols, sparsifiers  # noqa: F401
 from experiments.parsing import ConfigError, parse_duration, parse_overrides  # noqa: F401
 from experiments.registry import PROTOCOLS, SPARSIFIERS
 
@@ -32,6 +36,8 @@ def runner_defaults() -> ml_collections.ConfigDict:
   c.sparsifier = "dense"          # the sparse method of each training (experiments.sparsifiers)
   c.method = ""                   # shorthand: a protocol's or a sparsifier's name
   c.model = "lenet300"
+  c.widths = ""                   # hidden widths, e.g. "dense1=150,dense2=50" (models.Model.widths)
+  c.init_from = ""                # a structured run's workdir: start from its compressed network
   c.model_init = "default"        # the paper's per model, or kaiming_normal, glorot_normal, ...
   c.bias_init = "zeros"           # zeros | pytorch (U(+-1/sqrt(fan_in)), PyTorch's default)
   c.dataset = "fashion_mnist"
@@ -82,7 +88,8 @@ def resolve(config: ml_collections.ConfigDict) -> None:
   if name in PROTOCOLS.names():
     config.protocol = name
   elif name in SPARSIFIERS.names():
-    config.protocol, config.sparsifier = "train", name
+    config.protocol = SPARSIFIERS.get(name).options.get("protocol", "train")
+    config.sparsifier = name
   else:
     raise ConfigError(f"method={name!r} is not one of {PROTOCOLS.names() + SPARSIFIERS.names()} "
                       "(a protocol or a sparsifier).")
@@ -122,6 +129,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   parsing.check_durations(config, "steps", "eval_every", "log_every", "checkpoint_every", "warmup")
   for milestone in config.lr_milestones:
     parse_duration(milestone, 1, "lr_milestones")
+  parsing.parse_widths(config.widths)
+  if config.init_from and not os.path.isfile(os.path.join(config.init_from, "compressed",
+                                                          "widths.json")):
+    raise ConfigError(f"init_from={config.init_from!r} holds no compressed network "
+                      "(compressed/widths.json); give the workdir of a finished structured run.")
   if config.prune_exclude:
     parsing.check_regex("prune_exclude", config.prune_exclude)
   for registry in (SPARSIFIERS, PROTOCOLS):

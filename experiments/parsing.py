@@ -84,3 +84,15 @@ def check_durations(config, *keys: str, percent: Iterable[str] = ()) -> None:
     parse_duration(config[key], 1, key)
   for key in percent:
     parse_duration(config[key], 1, key, total=1)
+
+
+def parse_widths(text: str) -> dict[str, int]:
+  """``"dense1=150,dense2=50"`` -> ``{"dense1": 150, "dense2": 50}`` (``""`` -> ``{}``)."""
+  widths = {}
+  for item in filter(None, (part.strip() for part in text.split(","))):
+    name, sep, value = item.partition("=")
+    if not sep or not name.strip() or not value.strip().isdigit() or int(value) < 1:
+      raise ConfigError(f"widths={text!r}: {item!r} is not NAME=WIDTH with a positive integer "
+                        "width; write e.g. widths='dense1=150,dense2=50'.")
+    widths[name.strip()] = int(value)
+  return widths

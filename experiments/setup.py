@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from typing import Any
 
 import jax
@@ -16,11 +17,12 @@ import ml_collections
 import optax
 
 from experiments import data as data_lib
-from experiments import models, rng, sparsifiers, trainer
+from experiments import models, parsing, rng, sparsifiers, trainer, workdir
 from experiments.parsing import ConfigError
 from sparsejax import masks as masks_lib
 
 PyTree = Any
+COMPRESSED = "compressed"  # the directory of a structured run's compressed network
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -49,7 +51,11 @@ class Setup:
     return jax.random.key(self.config.seed + replicate)
 
   def init(self, key: jax.Array) -> tuple[PyTree, PyTree]:
-    """(params, model_state) of the model initialized from ``key``'s ``"init"`` stream."""
+    """(params, model_state) of the model initialized from ``key``'s ``"init"`` stream, or with
+    ``init_from``, the compressed network that structured run left."""
+    if self.config.init_from:
+      return load_compressed(self.config.init_from, self.param_shapes,
+                             jax.eval_shape(self.model.init, jax.random.key(0))[1])
     return self.model.init(rng.stream(key, "init"))
 
   def inner_optimizer(self) -> optax.GradientTransformation:
@@ -77,11 +83,35 @@ def load_data(config: ml_collections.ConfigDict) -> data_lib.Dataset:
     raise ConfigError(f"dataset={config.dataset!r}: {e}") from None
 
 
+def load_compressed(directory: str, params_like: PyTree, state_like: PyTree) -> tuple[PyTree,
+                                                                                    PyTree]:
+  """The compressed (params, model_state) a structured run left in ``directory``."""
+  out = os.path.join(directory, COMPRESSED)
+  try:
+    return (workdir.load_arrays(os.path.join(out, "params.npz"), params_like),
+            workdir.load_arrays(os.path.join(out, "state.npz"), state_like))
+  except (OSError, ValueError) as e:
+    raise ConfigError(f"init_from={directory!r}: {e}") from None
+
+
+def model_widths(config: ml_collections.ConfigDict) -> dict[str, int]:
+  """``widths``, or with ``init_from`` the widths the compressed network there was built at
+  (``widths`` overrides them one by one)."""
+  widths = {}
+  if config.init_from:
+    widths = workdir.read_json(os.path.join(config.init_from, COMPRESSED, "widths.json"))
+  return {**widths, **parsing.parse_widths(config.widths)}
+
+
 def build_model(config: ml_collections.ConfigDict, data: data_lib.Dataset) -> models.Model:
   if config.model not in models.MODELS:
     raise ConfigError(f"model={config.model!r} is not one of {list(models.MODELS)}.")
-  return models.build(config.model, num_classes=data.num_classes, input_shape=data.input_shape,
-                      model_init=config.model_init, bias_init=config.bias_init)
+  try:
+    return models.build(config.model, num_classes=data.num_classes, input_shape=data.input_shape,
+                        model_init=config.model_init, bias_init=config.bias_init,
+                        widths=model_widths(config) or None)
+  except ValueError as e:
+    raise ConfigError(f"widths={config.widths!r}: {e}") from None
 
 
 def build_task(config: ml_collections.ConfigDict, data: data_lib.Dataset) -> trainer.Task:

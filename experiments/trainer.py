@@ -151,7 +151,7 @@ def make_train_steps(task: Task, sparsifier: Sparsifier) -> Callable:
 
   The loss is computed on ``sparsifier.forward(params, opt_state, step)`` (the effective params:
   the params themselves for mask-based methods), and its gradient with respect to the params
-  goes to ``sparsifier.tx``.
+  goes to ``sparsifier.tx`` (with the loss as ``value=`` when it takes extra arguments).
   """
   data, spe, bs = task.data, task.durations.steps_per_epoch, task.batch_size
   optimizer, forward = sparsifier.tx, sparsifier.forward
@@ -160,6 +160,10 @@ def make_train_steps(task: Task, sparsifier: Sparsifier) -> Callable:
     return task.loss(forward(params, opt_state, step), model_state, x, y, True)
 
   grad_fn = jax.value_and_grad(loss, has_aux=True)
+  # optax's convention: transformations with extra arguments get the loss as ``value`` (CRIC's
+  # sensitivity probes read it).
+  takes_value = isinstance(optimizer, optax.GradientTransformationExtraArgs)
+  extra_args = lambda value: {"value": value} if takes_value else {}
 
   def one_step(i, carry):
     state, perm, loss_sum, correct = carry
@@ -174,7 +178,7 @@ def make_train_steps(task: Task, sparsifier: Sparsifier) -> Callable:
     params = state["params"]
     (loss, (logits, model_state)), grads = grad_fn(params, state["opt_state"], step,
                                                    state["model_state"], x, y)
-    updates, opt_state = optimizer.update(grads, state["opt_state"], params)
+    updates, opt_state = optimizer.update(grads, state["opt_state"], params, **extra_args(loss))
     new_state = dict(state, step=step + 1, params=optax.apply_updates(params, updates),
                      model_state=model_state, opt_state=opt_state)
     return (new_state, perm, loss_sum + loss,

@@ -40,6 +40,7 @@ write_text = files.write_text
 write_json = files.write_json
 read_json = files.read_json
 save_arrays = files.save_arrays
+load_arrays = files.load_arrays
 
 
 def read_finished(path: str) -> Any:

@@ -9,13 +9,15 @@ from sparsejax import distributions
 from sparsejax import files
 from sparsejax import lottery
 from sparsejax import masks
+from sparsejax import metrics
 from sparsejax import pruning
 from sparsejax import schedules
 from sparsejax import scores
 from sparsejax import selection
+from sparsejax import structured
 from sparsejax import transforms
 
 __version__ = "0.1.0"
 
-__all__ = ["connectivity", "distributions", "files", "lottery", "masks", "pruning", "schedules",
-           "scores", "selection", "transforms"]
+__all__ = ["connectivity", "distributions", "files", "lottery", "masks", "metrics", "pruning",
+           "schedules", "scores", "selection", "structured", "transforms"]

@@ -476,3 +476,117 @@ def test_zeros_bias_init(name):
   assert _bias_fan_ins(params)
   for path in _bias_fan_ins(params):
     np.testing.assert_array_equal(leaves[path], 0.0, err_msg=path)
+
+
+def _shapes(tree):
+  return jax.tree.map(lambda a: a.shape, tree)
+
+
+@pytest.mark.parametrize("name", models.MODELS)
+def test_widths_round_trip(name):
+  model = models.build(name, num_classes=NUM_CLASSES, input_shape=SMALL)
+  params, state = jax.eval_shape(model.init, jax.random.key(0))
+  assert model.widths_of(params) == model.widths
+  narrow = {key: max(1, width // 3 - index % 3) for index, (key, width) in
+            enumerate(model.widths.items())}
+  small = models.build(name, num_classes=NUM_CLASSES, input_shape=SMALL, widths=narrow)
+  assert small.widths == narrow and small != model
+  small_params, small_state = jax.eval_shape(small.init, jax.random.key(0))
+  assert small.widths_of(small_params) == model.widths_of(small_params) == narrow
+  # The same layers, narrower: no layer (no ResNet shortcut) appears or disappears.
+  assert jax.tree.structure((small_params, small_state)) == jax.tree.structure((params, state))
+  rebuilt = models.build(
+      name, num_classes=NUM_CLASSES, input_shape=SMALL, widths=model.widths_of(small_params)
+  )
+  assert rebuilt == small and hash(rebuilt) == hash(small)
+  assert _shapes(jax.eval_shape(rebuilt.init, jax.random.key(0))) == _shapes(
+      (small_params, small_state)
+  )
+  logits, new_state = jax.eval_shape(
+      functools.partial(small.apply, train=True), small_params, small_state, _inputs()
+  )
+  assert logits.shape == (BATCH, NUM_CLASSES) and _shapes(new_state) == _shapes(small_state)
+
+
+def test_lenet300_widths_set_the_hidden_layers():
+  params = jax.eval_shape(
+      lambda key: models.create(
+          "lenet300",
+          num_classes=NUM_CLASSES,
+          input_shape=SMALL,
+          key=key,
+          widths={"dense2": np.int64(7)},
+      )[1],
+      jax.random.key(0),
+  )
+  assert _shapes(params) == {
+      "dense1": {"kernel": (64, 300), "bias": (300,)},
+      "dense2": {"kernel": (300, 7), "bias": (7,)},
+      "output": {"kernel": (7, NUM_CLASSES), "bias": (NUM_CLASSES,)},
+  }
+
+
+def test_resnet20_widths_tie_the_residual_stream_and_keep_the_shortcuts():
+  model = models.build(
+      "resnet20",
+      num_classes=NUM_CLASSES,
+      input_shape=SMALL,
+      widths={"stage1": 5, "stage2_block1": 7, "stage2": 9, "stage3": 16},
+  )
+  params, state = _shapes(jax.eval_shape(model.init, jax.random.key(0)))
+  assert params["conv"]["kernel"] == (3, 3, 1, 5) and state["bn"]["mean"] == (5,)
+  assert params["stage1_block1"]["conv1"]["kernel"] == (3, 3, 5, 16)
+  assert params["stage1_block3"]["conv2"]["kernel"] == (3, 3, 16, 5)
+  assert params["stage2_block1"]["conv1"]["kernel"] == (3, 3, 5, 7)
+  assert params["stage2_block1"]["conv2"]["kernel"] == (3, 3, 7, 9)
+  assert params["stage2_block1"]["shortcut_conv"]["kernel"] == (1, 1, 5, 9)
+  assert params["stage2_block2"]["conv1"]["kernel"] == (3, 3, 9, 32)
+  assert params["stage3_block1"]["shortcut_conv"]["kernel"] == (1, 1, 9, 16)
+  assert params["output"]["kernel"] == (16, NUM_CLASSES)
+  # The shortcut convolutions are the architecture's, whatever the widths: with every stage
+  # 16 wide the first blocks of stages 2 and 3 still project, those of stage 1 do not.
+  same = models.build(
+      "resnet20",
+      num_classes=NUM_CLASSES,
+      input_shape=SMALL,
+      widths={key: 16 for key in model.widths},
+  )
+  blocks = jax.eval_shape(same.init, jax.random.key(0))[0]
+  assert [name for name in blocks if "shortcut_conv" in blocks[name]] == [
+      "stage2_block1",
+      "stage3_block1",
+  ]
+
+
+@pytest.mark.parametrize("name", ["lenet300", "resnet20"])
+def test_default_widths_are_the_architecture(name):
+  model = models.build(name, num_classes=NUM_CLASSES, input_shape=SMALL)
+  explicit = models.build(name, num_classes=NUM_CLASSES, input_shape=SMALL, widths=model.widths)
+  assert explicit == model and hash(explicit) == hash(model)
+  assert models.build(name, num_classes=NUM_CLASSES, input_shape=SMALL, widths={}) == model
+  key = next(iter(model.widths))
+  changed = models.build(
+      name, num_classes=NUM_CLASSES, input_shape=SMALL, widths={key: model.widths[key] - 1}
+  )
+  assert changed != model
+  model.widths[key] = 1  # A copy: the model does not change.
+  assert model.widths == explicit.widths
+
+
+@pytest.mark.parametrize(
+    "widths, bad",
+    [
+        ({"dense3": 5}, "dense3"),
+        ({"conv1": 5, "dense1": 4}, "conv1"),
+        ({"dense1": 0}, "dense1"),
+        ({"dense1": -3}, "dense1"),
+        ({"dense2": 2.5}, "dense2"),
+        ({"dense2": True}, "dense2"),
+        ({"dense2": "8"}, "dense2"),
+    ],
+)
+def test_bad_widths_raise(widths, bad):
+  for make in (models.build, functools.partial(models.create, key=jax.random.key(0))):
+    with pytest.raises(ValueError, match=bad) as error:
+      make("lenet300", num_classes=NUM_CLASSES, input_shape=SMALL, widths=widths)
+    assert "dense1" in str(error.value) and "dense2" in str(error.value)

@@ -12,11 +12,12 @@ there) and returns the run's summary (also written to ``summary.json``). Options
 - ``uses_sparsifier`` (default True): False for a protocol that makes its own masks (``imp``);
   the config's ``sparsifier`` must then keep its default.
 
-Built in: ``train`` (one training with the config's sparsifier) and ``imp`` (lottery tickets:
-iterative magnitude pruning with rewinding, its controls and instability).
+Built in: ``train`` (one training with the config's sparsifier), ``imp`` (lottery tickets:
+iterative magnitude pruning with rewinding, its controls and instability) and ``structured``
+(training with a group sparsifier, compression into a smaller network, its evaluation).
 """
 
-from experiments.protocols import imp, train  # noqa: F401 (registrations)
+from experiments.protocols import imp, structured, train  # noqa: F401 (registrations)
 from experiments.registry import PROTOCOLS
 
 register = PROTOCOLS.register

@@ -93,7 +93,8 @@ class GroupSet:
 
 @dataclasses.dataclass(frozen=True)
 class Groups:
-  """A network's group sets; groups are numbered set by set (``offsets[s]`` is set ``s``'s first)."""
+  """A network's group sets; groups are numbered set by set (``offsets[s]`` is set ``s``'s
+  first)."""
 
   sets: tuple[GroupSet, ...]
 
@@ -146,7 +147,8 @@ class Groups:
 
 def leaves_by_path(tree: PyTree) -> dict[str, Any]:
   """``{keystr(path): leaf}`` of ``tree``."""
-  return {jax.tree_util.keystr(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {jax.tree_util.keystr(p): leaf for p, leaf in flat}
 
 
 def _map_with_path(fn: Callable[[str, Any], Any], tree: PyTree) -> PyTree:
@@ -373,8 +375,8 @@ def table(groups: Groups, params: PyTree | None = None) -> str:
     lines.append(f"{s.name}: {s.size} groups{per}")
     lines += [f"    member   {m.path} axis {m.axis}" for m in s.members]
     for c in s.consumers:
-      layout = "".join(f", {k}={v}" for k, v in (("offset", c.offset), ("outer", c.outer),
-                                                   ("inner", c.inner)) if v != (0 if k == "offset" else 1))
+      layout = "".join(f", {k}={v}" for k, v, default in (
+          ("offset", c.offset, 0), ("outer", c.outer, 1), ("inner", c.inner, 1)) if v != default)
       lines.append(f"    consumer {c.path} axis {c.axis}{layout}")
     lines += [f"    buffer   {b.path} axis {b.axis}" for b in s.buffers]
   return "\n".join(lines)
