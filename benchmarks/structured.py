@@ -13,7 +13,8 @@ reports dense time / compressed time.
       [--workdir runs/structured_benchmark] [--dataset fashion_mnist] [--steps 10ep]
 
 Finished runs in ``--workdir`` are reused (the runner resumes them), so an interrupted benchmark
-picks up where it stopped. Results: ``results.json`` and a Markdown table on stdout.
+picks up where it stopped; ``--collect`` reports the finished runs without training. Results:
+``results.json`` and a Markdown table on stdout (``n`` is the number of seeds behind each row).
 """
 
 from __future__ import annotations
@@ -66,19 +67,26 @@ def config_for(name: str, target: float, seed: int, args):
 
 
 def run_all(args) -> list[dict]:
+  """Every run's summary (with ``--collect``, those of the finished runs, without training)."""
   rows = []
   for name in args.models:
-    for target in (0.0, *args.targets):
-      for seed in args.seeds:
+    for seed in args.seeds:
+      for target in (0.0, *args.targets):
         directory = os.path.join(args.workdir, f"{name}_t{target:g}_s{seed}")
+        if args.collect:
+          if os.path.exists(os.path.join(directory, "summary.json")):
+            with open(os.path.join(directory, "summary.json")) as f:
+              rows.append({**json.load(f), "net": name, "target": target, "seed": seed,
+                           "workdir": directory})
+          continue
         t0 = time.time()
         summary = experiment.run(config_for(name, target, seed, args), directory)
         print(f"{name} target {target:g} seed {seed}: {time.time() - t0:.0f} s, "
               f"test accuracy {summary['test_accuracy']:.4f}"
               + (f", compressed {summary['test_accuracy_compressed']:.4f}"
                  if target else ""), flush=True)
-        rows.append({"model": name, "target": target, "seed": seed, "workdir": directory,
-                     **summary})
+        rows.append({**summary, "net": name, "target": target, "seed": seed,
+                     "workdir": directory})
   return rows
 
 
@@ -92,12 +100,12 @@ def table(rows: list[dict], speeds: dict) -> str:
   lines = ["| model | group sparsity | test accuracy % (mean +- sd) | params | MACs | "
            "widths kept | inference speedup |",
            "|---|---|---|---|---|---|---|"]
-  keys = sorted({(r["model"], r["target"]) for r in rows}, key=lambda k: (k[0], k[1]))
+  keys = sorted({(r["net"], r["target"]) for r in rows}, key=lambda k: (k[0], k[1]))
   for name, target in keys:
-    group = [r for r in rows if (r["model"], r["target"]) == (name, target)]
+    group = [r for r in rows if (r["net"], r["target"]) == (name, target)]
     if target == 0:
       acc = _mean_spread([r["test_accuracy"] for r in group])
-      lines.append(f"| {name} | dense | {acc} | | | | 1.00x |")
+      lines.append(f"| {name} | dense | {acc} (n={len(group)}) | | | | 1.00x |")
       continue
     acc = _mean_spread([r["test_accuracy_compressed"] for r in group])
     params = statistics.mean(1 - r["params_after"] / r["params_before"] for r in group)
@@ -106,7 +114,7 @@ def table(rows: list[dict], speeds: dict) -> str:
         f"s{r['seed']}: " + ",".join(str(v) for v in r["widths_after"].values()) for r in group)
     speed = speeds.get(f"{name}_t{target:g}")
     lines.append(f"| {name} | {target:g} ({group[0]['groups_zero']}/{group[0]['groups_total']}) "
-                 f"| {acc} | -{100 * params:.1f}% | -{100 * flops:.1f}% | {widths} | "
+                 f"| {acc} (n={len(group)}) | -{100 * params:.1f}% | -{100 * flops:.1f}% | {widths} | "
                  f"{'' if speed is None else f'{speed:.2f}x'} |")
   return "\n".join(lines)
 
@@ -167,6 +175,8 @@ def main():
   parser.add_argument("--train_subset", type=int, default=0)
   parser.add_argument("--rounds", type=int, default=30, help="timing rounds")
   parser.add_argument("--input_shape", default="28,28,1")
+  parser.add_argument("--collect", action="store_true",
+                      help="report the finished runs in --workdir without training more")
   parser.add_argument("--speed", action="store_true", help="(internal) the timing child")
   args = parser.parse_args()
   args.models = [m for m in args.models.split(",") if m]

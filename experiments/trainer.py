@@ -147,7 +147,8 @@ class Task:
 
 
 def make_train_steps(task: Task, sparsifier: Sparsifier) -> Callable:
-  """``train_steps(state, n) -> (state, (loss_sum, correct_sum))``: n steps in one jitted loop.
+  """``train_steps(state, n) -> (state, (loss_sum, correct_sum))``: n steps in one jitted loop
+  (or, see :func:`host_loop`, n calls of one jitted step).
 
   The loss is computed on ``sparsifier.forward(params, opt_state, step)`` (the effective params:
   the params themselves for mask-based methods), and its gradient with respect to the params
@@ -184,14 +185,40 @@ def make_train_steps(task: Task, sparsifier: Sparsifier) -> Callable:
     return (new_state, perm, loss_sum + loss,
             correct + jnp.sum(jnp.argmax(logits, -1) == y, dtype=jnp.int32))
 
+  def start(state):
+    perm = data_lib.epoch_permutation(state["data_key"], state["step"] // spe, data.num_train)
+    return (state, perm, jnp.float32(0), jnp.int32(0))
+
+  if host_loop(task.model):
+    start_jit, step_jit = jax.jit(start), jax.jit(one_step)
+
+    def train_steps(state, n):
+      carry = start_jit(state)
+      for i in range(n):  # dispatched asynchronously: the host does not wait for each step
+        carry = step_jit(i, carry)
+      state, _, loss_sum, correct = carry
+      return state, (loss_sum, correct)
+
+    return train_steps
+
   @jax.jit
   def train_steps(state, n):
-    perm = data_lib.epoch_permutation(state["data_key"], state["step"] // spe, data.num_train)
-    state, _, loss_sum, correct = lax.fori_loop(
-        0, n, one_step, (state, perm, jnp.float32(0), jnp.int32(0)))
+    state, _, loss_sum, correct = lax.fori_loop(0, n, one_step, start(state))
     return state, (loss_sum, correct)
 
   return train_steps
+
+
+def host_loop(model: models.Model) -> bool:
+  """Whether steps of ``model`` run one jitted call each from a Python loop rather than inside
+  one ``lax.fori_loop``: on CPU, for models with convolutions. XLA:CPU compiles a convolution
+  inside a loop body into a far slower kernel than the same convolution outside (jax-ml/jax
+  issue 12868: a training step of ``cnn_bn`` at batch 128 costs about 40 times more inside the
+  loop on the 2-core CPU machine); everywhere else the loop keeps the host out of the way."""
+  if jax.default_backend() != "cpu":
+    return False
+  params, _ = jax.eval_shape(model.init, jax.random.key(0))
+  return any(leaf.ndim > 2 for leaf in jax.tree.leaves(params))
 
 
 def make_evaluate(task: Task) -> Callable:
@@ -204,14 +231,23 @@ def make_evaluate(task: Task) -> Callable:
   ys = jnp.pad(y, (0, pad)).reshape(-1, batch)
   weights = (jnp.arange(n + pad) < n).reshape(-1, batch)
 
+  def one(params, model_state, xb, yb, wb):
+    logits, _ = task.model.apply(params, model_state, xb, train=False)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
+    return jnp.sum(losses * wb), jnp.sum((jnp.argmax(logits, -1) == yb) & wb)
+
+  if host_loop(task.model):
+    one_jit = jax.jit(one)
+
+    def evaluate(params, model_state):
+      sums = [one_jit(params, model_state, xb, yb, wb) for xb, yb, wb in zip(xs, ys, weights)]
+      return sum(l for l, _ in sums) / n, sum(c for _, c in sums) / n
+
+    return evaluate
+
   @jax.jit
   def evaluate(params, model_state):
-    def one(args):
-      xb, yb, wb = args
-      logits, _ = task.model.apply(params, model_state, xb, train=False)
-      losses = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
-      return jnp.sum(losses * wb), jnp.sum((jnp.argmax(logits, -1) == yb) & wb)
-    losses, correct = lax.map(one, (xs, ys, weights))
+    losses, correct = lax.map(lambda args: one(params, model_state, *args), (xs, ys, weights))
     return jnp.sum(losses) / n, jnp.sum(correct) / n
 
   return evaluate

@@ -20,3 +20,14 @@ def test_benchmark_script_runs(script, args, expected):
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   assert expected in result.stdout, result.stdout
+
+
+def test_structured_benchmark_runs(tmp_path):
+  args = ["--models", "mlp", "--seeds", "0", "--targets", "0.5", "--dataset", "digits",
+          "--steps", "40it", "--rounds", "2", "--input_shape", "8,8,1", "--workdir",
+          str(tmp_path)]
+  result = subprocess.run([sys.executable, os.path.join("benchmarks", "structured.py"), *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "| mlp | 0.5 (200/400) |" in result.stdout, result.stdout
+  assert "compressed" in result.stdout and (tmp_path / "results.json").exists()

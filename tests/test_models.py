@@ -57,7 +57,8 @@ def _assert_plain_dict(tree):
 
 
 def test_model_names():
-  assert models.MODELS == ("lenet300", "conv2", "conv4", "conv6", "vgg11", "vgg16", "resnet20")
+  assert models.MODELS == ("lenet300", "conv2", "conv4", "conv6", "vgg11", "vgg16", "resnet20",
+                           "cnn_bn")
 
 
 @pytest.mark.parametrize("name", models.MODELS)

@@ -85,8 +85,10 @@ class GroupSet:
     object.__setattr__(self, "members", tuple(self.members))
     object.__setattr__(self, "consumers", tuple(self.consumers))
     object.__setattr__(self, "buffers", tuple(self.buffers))
-    if int(self.size) != self.size or self.size < 1:
+    if isinstance(self.size, bool) or not isinstance(self.size, (int, np.integer)) or (
+        self.size < 1):
       raise ValueError(f"group set {self.name!r}: size must be a positive int, got {self.size!r}")
+    object.__setattr__(self, "size", int(self.size))
     if not self.members:
       raise ValueError(f"group set {self.name!r} has no members")
 
@@ -104,8 +106,14 @@ class Groups:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
       raise ValueError(f"group set names must be unique; repeated: {dupes}")
+    if not self.sets:
+      raise ValueError("Groups needs at least one group set")
     seen: dict[str, str] = {}
     for s in self.sets:
+      paths = [m.path for m in s.members]
+      repeated = sorted({p for p in paths if paths.count(p) > 1})
+      if repeated:
+        raise ValueError(f"group set {s.name!r} lists {repeated} more than once as a member")
       for m in s.members:
         if m.path in seen:
           raise ValueError(
@@ -308,8 +316,9 @@ def _shape_of(shapes: dict, s: GroupSet, path: str, role: str) -> tuple[int, ...
   return shapes[path]
 
 
-def zero_consumers(groups: Groups, tree: PyTree, zero: jax.Array) -> PyTree:
-  """``tree`` with the consumers' slices that read the channels where ``zero`` is True set to 0."""
+def zero_consumers(groups: Groups, tree: PyTree, zero: Any) -> PyTree:
+  """``tree`` with the consumers' slices that read the channels where ``zero`` (a concrete
+  ``(G,)`` bool array: host-side, not traced) is True set to 0."""
   shapes = leaves_by_path(tree)
   pieces = [np.asarray(p) for p in groups.split(np.asarray(zero))]
   drop: dict[str, list[tuple[int, np.ndarray]]] = {}
