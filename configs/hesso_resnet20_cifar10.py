@@ -9,27 +9,10 @@ parameters on ResNet-18; the same recipe is applied here to ResNet-20. Momentum 
 CIFAR baselines. CIFAR-10 comes from TFDS (``tfds:cifar10``).
 """
 
-from experiments.config import defaults
+from configs import hesso_vgg16_cifar10
 
 
 def get_config():
-  config = defaults()
-  config.protocol = "structured"
-  config.sparsifier = "hesso"
+  config = hesso_vgg16_cifar10.get_config()
   config.model = "resnet20"
-  config.dataset = "tfds:cifar10"
-  config.augment = True
-  config.optimizer = "momentum"
-  config.momentum = 0.9
-  config.weight_decay = 1e-4
-  config.learning_rate = 0.1
-  config.lr_schedule = "step"
-  config.lr_milestones = ("50ep",)
-  config.lr_gamma = 0.1
-  config.batch_size = 64
-  config.steps = "100ep"
-  config.target_group_sparsity = 0.7
-  config.start_pruning_step = "10ep"
-  config.pruning_periods = 10
-  config.pruning_steps = "10ep"
   return config
