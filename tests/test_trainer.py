@@ -177,7 +177,7 @@ def test_host_loop_for_convolutions_on_cpu_trains_the_same(monkeypatch, model, h
   """On CPU, models with convolutions take one jitted call per step (XLA:CPU's convolutions are
   far slower inside a loop body); either loop computes the same steps and evaluation."""
   config = config_lib.defaults()
-  config.model, config.dataset, config.batch_size, config.steps = model, "digits", 32, "4it"
+  config.model, config.dataset, config.batch_size, config.steps = model, "digits", 8, "2it"
   setup = setup_lib.build(config_lib.finalize(config), "")
   assert trainer.host_loop(setup.model) == (host and jax.default_backend() == "cpu")
   key = setup.key()
@@ -187,7 +187,7 @@ def test_host_loop_for_convolutions_on_cpu_trains_the_same(monkeypatch, model, h
   for use_host in (True, False):
     monkeypatch.setattr(trainer, "host_loop", lambda m, use_host=use_host: use_host)
     state = trainer.init_state(params, model_state, sparsifier.tx, key)
-    state, (loss_sum, correct) = trainer.make_train_steps(setup.task, sparsifier)(state, 4)
+    state, (loss_sum, correct) = trainer.make_train_steps(setup.task, sparsifier)(state, 2)
     evaluation = trainer.make_evaluate(setup.task)(state["params"], state["model_state"])
     results.append((state["params"], loss_sum, correct, evaluation))
   chex.assert_trees_all_close(results[0], results[1], rtol=1e-5, atol=1e-6)
