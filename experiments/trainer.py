@@ -1,7 +1,8 @@
 """Jitted training and evaluation, the training loop, orbax checkpoints and metric writers.
 
 The loop runs whole chunks of steps inside one jitted ``lax.fori_loop`` (between two events:
-evaluation, logging, checkpointing), so the host only wakes up at events. Batches are drawn on
+evaluation, logging, checkpointing), so the host only wakes up at events; on CPU, models with
+convolutions instead dispatch one jitted step per call (:func:`host_loop`). Batches are drawn on
 the device from device-resident arrays in an order that is a pure function of
 ``(data_key, epoch, step)``; together with the checkpointed state this makes a resumed run
 bitwise identical to an uninterrupted one on CPU.
