@@ -11,27 +11,13 @@ periods of ``pruning_steps='25%'`` of the steps. The Flatten spreads each channe
 convolution over the 49 positions its consumer, the output layer, reads.
 """
 
-from experiments.config import defaults
+from configs import hesso_mlp_fashion
 
 
 def get_config():
-  config = defaults()
-  config.protocol = "structured"
-  config.sparsifier = "hesso"
+  config = hesso_mlp_fashion.get_config()
   config.model = "cnn_bn"
-  config.dataset = "fashion_mnist"
-  config.optimizer = "momentum"
-  config.momentum = 0.9
-  config.weight_decay = 1e-4
   config.learning_rate = 0.05
-  config.lr_schedule = "step"
   config.lr_milestones = ("2.25ep",)
-  config.lr_gamma = 0.1
-  config.batch_size = 128
   config.steps = "3ep"
-  config.eval_every = "1ep"
-  config.target_group_sparsity = 0.7
-  config.start_pruning_step = "10%"
-  config.pruning_periods = 10
-  config.pruning_steps = "25%"
   return config

@@ -51,8 +51,7 @@ def group_masks(groups: groups_lib.Groups, params) -> object:
   return groups_lib.masks(groups, params, ~groups_lib.is_zero(groups, params))
 
 
-def _sparsifier(ctx: Context, tx) -> Sparsifier:
-  groups = model_groups(ctx.task.model)
+def _sparsifier(groups: groups_lib.Groups, tx) -> Sparsifier:
   return Sparsifier(tx, lambda opt_state, params: group_masks(groups, params))
 
 
@@ -85,8 +84,8 @@ def _hesso_args(ctx: Context) -> dict:
 def hesso_sparsifier(ctx: Context) -> Sparsifier:
   """HESSO (arXiv 2409.09085) around the config's optimizer."""
   groups = model_groups(ctx.task.model)
-  return _sparsifier(ctx, hesso.hesso(ctx.inner, groups, ctx.config.target_group_sparsity,
-                                      **_hesso_args(ctx)))
+  return _sparsifier(groups, hesso.hesso(ctx.inner, groups, ctx.config.target_group_sparsity,
+                                         **_hesso_args(ctx)))
 
 
 @register("hesso_cric", keys=_HESSO_KEYS, validate=_validate_hesso, groups=True,
@@ -94,8 +93,9 @@ def hesso_sparsifier(ctx: Context) -> Sparsifier:
 def hesso_cric_sparsifier(ctx: Context) -> Sparsifier:
   """HESSO with CRIC's layer probes and corrective cycles; the loss reaches it as ``value``."""
   groups = model_groups(ctx.task.model)
-  return _sparsifier(ctx, hesso.hesso_cric(ctx.inner, groups, ctx.config.target_group_sparsity,
-                                           **_hesso_args(ctx)))
+  return _sparsifier(groups, hesso.hesso_cric(ctx.inner, groups,
+                                              ctx.config.target_group_sparsity,
+                                              **_hesso_args(ctx)))
 
 
 def _validate_hspg(config) -> None:
@@ -115,7 +115,7 @@ def hspg_sparsifier(ctx: Context) -> Sparsifier:
   """HSPG (OTOv1) around the config's optimizer, with its learning-rate schedule."""
   c = ctx.config
   groups = model_groups(ctx.task.model)
-  return _sparsifier(ctx, hspg.hspg(ctx.inner, groups, learning_rate=_schedule(ctx),
+  return _sparsifier(groups, hspg.hspg(ctx.inner, groups, learning_rate=_schedule(ctx),
                                     lmbda=c.hspg_lambda, epsilon=c.hspg_epsilon,
                                     start_step=_steps(ctx, "start_pruning_step")))
 
@@ -133,7 +133,7 @@ def dhspg_sparsifier(ctx: Context) -> Sparsifier:
   """DHSPG (OTOv2) around the config's optimizer, with its learning-rate schedule."""
   c = ctx.config
   groups = model_groups(ctx.task.model)
-  return _sparsifier(ctx, hspg.dhspg(
+  return _sparsifier(groups, hspg.dhspg(
       ctx.inner, groups, c.target_group_sparsity, learning_rate=_schedule(ctx),
       start_step=_steps(ctx, "start_pruning_step"), lmbda=c.hspg_lambda,
       lmbda_amplify=c.dhspg_lambda_amplify, hat_lmbda_coeff=c.dhspg_lambda_cap,

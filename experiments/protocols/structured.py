@@ -30,6 +30,7 @@ import numpy as np
 from absl import logging
 
 from experiments import group_sparsifiers, models, trainer, workdir
+from experiments.protocols import train
 from experiments.parsing import ConfigError
 from experiments.registry import PROTOCOLS, SPARSIFIERS
 from experiments.setup import COMPRESSED, Setup
@@ -44,10 +45,6 @@ def report(summary: dict, directory: str) -> str:
           f"MACs {summary['flops_before']} -> {summary['flops_after']}; test accuracy "
           f"{summary['test_accuracy']:.4f} (compressed {summary['test_accuracy_compressed']:.4f}); "
           f"results in {directory}")
-
-
-def restartable(directory: str) -> bool:
-  return not workdir.holds_checkpoint(directory)
 
 
 def check(setup: Setup) -> None:
@@ -79,7 +76,7 @@ def save_compressed(directory: str, compressed: compress_lib.Compressed, widths:
   workdir.write_json(os.path.join(out, "widths.json"), widths)
 
 
-@PROTOCOLS.register("structured", report=report, restartable=restartable, check=check)
+@PROTOCOLS.register("structured", report=report, restartable=train.restartable, check=check)
 def structured(setup: Setup) -> dict:
   """Trains with the config's group sparsifier, compresses, evaluates both networks."""
   config, task = setup.config, setup.task
@@ -114,7 +111,7 @@ def structured(setup: Setup) -> dict:
       "group_sparsity": zero / groups.num_groups,
       "groups_total": groups.num_groups,
       "groups_zero": zero,
-      "widths_before": model.widths_of(params),
+      "widths_before": model.widths,
       "widths_after": widths,
       "params_before": metrics.count_params(params),
       "params_after": metrics.count_params(compressed.params),

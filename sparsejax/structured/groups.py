@@ -217,10 +217,15 @@ def group_sizes(groups: Groups, tree: PyTree) -> np.ndarray:
   return np.concatenate(pieces)
 
 
+def _by_member(groups: Groups, vector: Any) -> dict[str, tuple[Member, Any]]:
+  """``{member path: (member, its set's piece of the flat (G,) vector)}``."""
+  return {m.path: (m, piece) for s, piece in zip(groups.sets, groups.split(vector))
+          for m in s.members}
+
+
 def _member_map(groups: Groups, tree: PyTree,
                 fn: Callable[[Any, Member, jax.Array], Any], vector: jax.Array) -> PyTree:
-  pieces = groups.split(vector)
-  where = {m.path: (m, piece) for s, piece in zip(groups.sets, pieces) for m in s.members}
+  where = _by_member(groups, vector)
 
   def visit(path, x):
     if path not in where:
@@ -244,8 +249,7 @@ def zero_out(groups: Groups, tree: PyTree, zero: jax.Array) -> PyTree:
 
 def select(groups: Groups, a: PyTree, b: PyTree, which: jax.Array) -> PyTree:
   """Groups where ``which`` (``(G,)`` bool) is True taken from ``a``, all else from ``b``."""
-  pieces = groups.split(which)
-  where = {m.path: (m, piece) for s, piece in zip(groups.sets, pieces) for m in s.members}
+  where = _by_member(groups, which)
   by_path = leaves_by_path(a)
 
   def visit(path, x):
@@ -267,8 +271,7 @@ def is_zero(groups: Groups, tree: PyTree) -> jax.Array:
 def masks(groups: Groups, tree: PyTree, keep: jax.Array) -> PyTree:
   """Bool masks shaped like ``tree`` (the library's mask format, :mod:`sparsejax.masks`): a group
   member's mask is ``keep[g]`` along its axis; every other leaf carries a scalar ``True``."""
-  pieces = groups.split(keep)
-  where = {m.path: (m, piece) for s, piece in zip(groups.sets, pieces) for m in s.members}
+  where = _by_member(groups, keep)
 
   def visit(path, x):
     if path not in where:
