@@ -7,10 +7,13 @@ with ``sparsifier=dense``) and HESSO at each target group sparsity, through the 
 ``structured`` protocol (train, compress, evaluate the compressed network). Then, in a separate
 single-threaded process, it times the jitted forward pass (evaluation mode, batch 256) of the
 dense network and of each compressed one, interleaved round by round in the same process, and
-reports dense time / compressed time.
+reports dense time / compressed time, at the exact compressed widths and at the widths rounded
+up to multiples of 8 and 16 (``--multiples``; what ``--config.compress_multiple`` saves: the extra
+channels are zero groups, so the outputs are the same).
 
   python benchmarks/structured.py [--models mlp,cnn] [--seeds 0,1,2] [--targets 0.5,0.7]
       [--workdir runs/structured_benchmark] [--dataset fashion_mnist] [--steps 10ep]
+      [--multiples 1,8,16] [--collect]
 
 Finished runs in ``--workdir`` are reused (the runner resumes them), so an interrupted benchmark
 picks up where it stopped; ``--collect`` reports the finished runs without training. Results:
@@ -44,6 +47,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from configs import hesso_cnn_fashion, hesso_mlp_fashion
 from experiments import experiment, models
+from sparsejax.structured.compress import round_up
 
 CONFIGS = {"mlp": hesso_mlp_fashion, "cnn": hesso_cnn_fashion}
 BATCH = 256
@@ -97,8 +101,10 @@ def _mean_spread(values) -> str:
 
 
 def table(rows: list[dict], speeds: dict) -> str:
+  multiples = sorted({int(k.rsplit("_m", 1)[1]) for k in speeds})
   lines = ["| model | group sparsity | test accuracy % (mean +- sd) | params | MACs | "
-           "widths kept | inference speedup |",
+           "widths kept | inference speedup (widths rounded to "
+           + " / ".join("exact" if m == 1 else f"x{m}" for m in multiples) + ") |",
            "|---|---|---|---|---|---|---|"]
   keys = sorted({(r["net"], r["target"]) for r in rows}, key=lambda k: (k[0], k[1]))
   for name, target in keys:
@@ -112,10 +118,11 @@ def table(rows: list[dict], speeds: dict) -> str:
     flops = statistics.mean(1 - r["flops_after"] / r["flops_before"] for r in group)
     widths = "; ".join(
         f"s{r['seed']}: " + ",".join(str(v) for v in r["widths_after"].values()) for r in group)
-    speed = speeds.get(f"{name}_t{target:g}")
+    speed = " / ".join(f"{speeds[k]:.2f}x" for k in
+                       (f"{name}_t{target:g}_m{m}" for m in multiples) if k in speeds)
     lines.append(f"| {name} | {target:g} ({group[0]['groups_zero']}/{group[0]['groups_total']}) "
                  f"| {acc} (n={len(group)}) | -{100 * params:.1f}% | -{100 * flops:.1f}% | {widths} | "
-                 f"{'' if speed is None else f'{speed:.2f}x'} |")
+                 f"{speed} |")
   return "\n".join(lines)
 
 
@@ -142,7 +149,8 @@ def time_forward(model: models.Model, rounds: int, others: dict) -> dict:
 
 
 def speed(args) -> dict:
-  """Dense time / compressed time per (model, target), seed 0's compressed widths."""
+  """Dense time / compressed time per (model, target, multiple): seed 0's compressed widths,
+  rounded up to each of ``args.multiples``."""
   results = {}
   for name in args.models:
     dense_dir = os.path.join(args.workdir, f"{name}_t0_s{args.seeds[0]}")
@@ -152,13 +160,14 @@ def speed(args) -> dict:
     for target in args.targets:
       directory = os.path.join(args.workdir, f"{name}_t{target:g}_s{args.seeds[0]}")
       widths = json.load(open(os.path.join(directory, "compressed", "widths.json")))
-      others[f"{name}_t{target:g}"] = models.build(dense["model"], num_classes=10,
-                                                   input_shape=tuple(args.input_shape),
-                                                   widths=widths)
+      for multiple in args.multiples:
+        rounded = {k: round_up(w, multiple, base.widths[k]) for k, w in widths.items()}
+        others[f"{name}_t{target:g}_m{multiple}"] = models.build(
+            dense["model"], num_classes=10, input_shape=tuple(args.input_shape), widths=rounded)
     times = time_forward(base, args.rounds, others)
     for label in others:
       results[label] = times["dense"] / times[label]
-      print(f"{label}: dense {1e3 * times['dense']:.3f} ms, compressed "
+      print(f"{label} {others[label].widths}: dense {1e3 * times['dense']:.3f} ms, compressed "
             f"{1e3 * times[label]:.3f} ms per batch of {BATCH}: {results[label]:.2f}x",
             flush=True)
   return results
@@ -174,6 +183,8 @@ def main():
   parser.add_argument("--steps", default="", help="override every run's length, e.g. 200it")
   parser.add_argument("--train_subset", type=int, default=0)
   parser.add_argument("--rounds", type=int, default=30, help="timing rounds")
+  parser.add_argument("--multiples", default="1,8,16",
+                      help="time the compressed widths rounded up to each multiple (1 = exact)")
   parser.add_argument("--input_shape", default="28,28,1")
   parser.add_argument("--collect", action="store_true",
                       help="report the finished runs in --workdir without training more")
@@ -182,6 +193,7 @@ def main():
   args.models = [m for m in args.models.split(",") if m]
   args.seeds = [int(s) for s in args.seeds.split(",")]
   args.targets = [float(t) for t in args.targets.split(",")]
+  args.multiples = [int(m) for m in args.multiples.split(",")]
   args.input_shape = [int(s) for s in args.input_shape.split(",")]
   if args.speed:
     print(json.dumps(speed(args)))

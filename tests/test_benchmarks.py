@@ -1,5 +1,6 @@
 """The benchmark scripts keep running (tiny settings; no timing is asserted here)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -31,3 +32,5 @@ def test_structured_benchmark_runs(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   assert "| mlp | 0.5 (200/400) |" in result.stdout, result.stdout
   assert "compressed" in result.stdout and (tmp_path / "results.json").exists()
+  speedups = json.loads((tmp_path / "results.json").read_text())["speedups"]
+  assert set(speedups) == {"mlp_t0.5_m1", "mlp_t0.5_m8", "mlp_t0.5_m16"}

@@ -12,12 +12,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from jax import lax
 
 from experiments import models
 from sparsejax import metrics
 from sparsejax.structured import groups as groups_lib
-from sparsejax.structured.compress import Compressed, compress
+from sparsejax.structured.compress import Compressed, compress, round_up
 
 IMAGE = (8, 8, 3)
 BATCH = 2
@@ -248,6 +250,51 @@ def test_residual_network_outputs_unchanged(seed):
   assert out.params["shortcut"]["kernel"].shape == (1, 1, widths["stream1"], widths["stream2"])
   chex.assert_trees_all_close(_resnet(out.params, out.state, x), _resnet(sparse, state, x),
                               **TOL)
+
+
+@settings(deadline=None, max_examples=15)
+@given(seed=st.integers(0, 2**16), multiple=st.integers(1, 7))
+def test_rounded_widths_keep_zero_groups_and_outputs(seed, multiple):
+  params = _random_params(seed, {
+      "stem": {"kernel": (3, 3, 3, 4)}, "stem_bn": {"scale": (4,), "bias": (4,)},
+      "a": {"kernel": (3, 3, 4, 3), "bias": (3,)}, "b": {"kernel": (3, 3, 3, 4)},
+      "b_bn": {"scale": (4,), "bias": (4,)}, "c": {"kernel": (3, 3, 4, 2), "bias": (2,)},
+      "d": {"kernel": (3, 3, 2, 5), "bias": (5,)}, "shortcut": {"kernel": (1, 1, 4, 5)},
+      "dense": {"kernel": (5, 3), "bias": (3,)}})
+  state = _random_params(seed + 1, {"stem_bn": {"mean": (4,), "var": (4,)},
+                                    "b_bn": {"mean": (4,), "var": (4,)}})
+  sparse, zero = _zero_some(RESNET_GROUPS, params, seed)
+  exact = compress(RESNET_GROUPS, sparse, state)
+  out = compress(RESNET_GROUPS, sparse, state, multiple=multiple)
+  for s in RESNET_GROUPS.sets:
+    assert out.widths[s.name] == round_up(exact.widths[s.name], multiple, s.size)
+    assert out.widths[s.name] % multiple == 0 or out.widths[s.name] == s.size
+  # Every nonzero group is kept; the extra ones are zero groups, so the outputs are unchanged.
+  assert np.all(out.keep[~zero])
+  assert np.all(out.keep >= exact.keep)
+  x = _images()
+  chex.assert_trees_all_close(_resnet(out.params, out.state, x), _resnet(sparse, state, x),
+                              **TOL)
+
+
+def test_rounded_widths_with_explicit_keep_add_the_smallest_removed_groups():
+  params = _mlp_params()
+  norms = np.asarray(groups_lib.norms(MLP_GROUPS, params))
+  keep = np.zeros(MLP_GROUPS.num_groups, bool)
+  keep[[0, 6]] = True
+  out = compress(MLP_GROUPS, params, keep=keep, multiple=4)
+  assert out.widths == {"hidden1": 4, "hidden2": 4}
+  for piece, kept, norm in zip(MLP_GROUPS.split(keep), MLP_GROUPS.split(out.keep),
+                               MLP_GROUPS.split(norms)):
+    added = kept & ~piece
+    assert added.sum() == 3
+    assert norm[added].max() <= norm[~kept & ~piece].min()
+
+
+@pytest.mark.parametrize("multiple", [0, -8, 2.0, True, "8"])
+def test_bad_multiple_raises(multiple):
+  with pytest.raises(ValueError, match="multiple must be a positive int"):
+    compress(MLP_GROUPS, _mlp_params(), multiple=multiple)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,6 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from flax import nnx
+
 from experiments import models
 
 SMALL = (8, 8, 1)  # scikit-learn digits: small enough to keep every model fast on CPU.
@@ -186,6 +188,23 @@ def test_batchnorm_running_stats(name):
   # With running statistics every example is computed on its own.
   single, _ = apply(params, state, x[:1], train=False)
   chex.assert_trees_all_close(single, logits[:1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_conv_bn_evaluation_folds_the_batchnorm_into_the_convolution(use_bias):
+  layer = models.ConvBN(3, 5, models._Init("kaiming_normal", "pytorch"), nnx.Rngs(0))
+  if not use_bias:
+    layer.conv = models._conv(3, 5, models._Init("kaiming_normal", "zeros"), nnx.Rngs(1),
+                              use_bias=False)
+  keys = jax.random.split(jax.random.key(2), 4)
+  layer.bn.mean[...] = jax.random.normal(keys[0], (5,))
+  layer.bn.var[...] = jax.random.uniform(keys[1], (5,), minval=0.1, maxval=3.0)
+  layer.bn.scale[...] = jax.random.normal(keys[2], (5,))
+  layer.bn.bias[...] = jax.random.normal(keys[3], (5,))
+  x = _inputs((8, 8, 3))
+  unfolded = nnx.relu(layer.bn(layer.conv(x), use_running_average=True))
+  chex.assert_trees_all_close(layer(x, train=False), unfolded, rtol=1e-5, atol=1e-5)
+  assert float(jnp.abs(unfolded).max()) > 0
 
 
 def test_train_does_not_mutate_inputs():

@@ -104,11 +104,15 @@ def test_other_group_sparsifiers_compress_exactly(tmp_path, method):
     assert summary["groups_zero"] == math.floor(400 * config.target_group_sparsity)
 
 
-def test_cnn_with_batchnorm_compresses_exactly(tmp_path):
-  summary = experiment.run(digits_config("hesso_cnn_fashion", target_group_sparsity=0.5),
-                           str(tmp_path))
+def test_cnn_with_batchnorm_compresses_exactly_at_rounded_widths(tmp_path):
+  summary = experiment.run(digits_config("hesso_cnn_fashion", target_group_sparsity=0.5,
+                                         compress_multiple=8), str(tmp_path))
   assert summary["groups_total"] == 32 + 64 + 128
   assert summary["groups_zero"] == 112
+  # Widths rounded up to multiples of 8 (zero groups kept), still the group-sparse function.
+  assert all(w % 8 == 0 for w in summary["widths_after"].values())
+  assert sum(summary["widths_after"].values()) >= 224 - 112
+  assert read(tmp_path / "compressed" / "widths.json") == summary["widths_after"]
   assert summary["flops_after"] < summary["flops_before"]
   assert_compressed_equals_group_sparse(summary, 360)
 
@@ -143,6 +147,7 @@ def test_cifar_structured_config_runs_on_mock_data(tmp_path):
     ({"init_from": "/nonexistent"}, "compressed network"),
     ({"target_group_sparsity": 1.0}, "target_group_sparsity"),
     ({"pruning_periods": 0}, "pruning_periods"),
+    ({"compress_multiple": 0}, "compress_multiple=0"),
 ])
 def test_structured_config_errors_name_the_key(tmp_path, overrides, message):
   with pytest.raises(ConfigError, match=message):

@@ -16,6 +16,11 @@ Workdir layout (besides the training's, as protocol ``train``)::
                          params_before/after, flops_before/after (multiply-accumulates of one
                          example), test_accuracy (group-sparse), test_accuracy_compressed, ...
 
+``compress_multiple`` (default 1: the exact widths) rounds each compressed width up to a multiple,
+keeping some zero groups, so that the outputs stay equal while the layers get widths the matrix
+and convolution kernels run fastest at (``sparsejax.structured.compress``); params_after and
+flops_after count the network as saved.
+
 ``--config.init_from=DIR`` starts another run (fine-tuning with ``sparsifier=dense``, or a new
 structured run) from the compressed network of ``DIR``.
 """
@@ -76,7 +81,17 @@ def save_compressed(directory: str, compressed: compress_lib.Compressed, widths:
   workdir.write_json(os.path.join(out, "widths.json"), widths)
 
 
-@PROTOCOLS.register("structured", report=report, restartable=train.restartable, check=check)
+KEYS = {"compress_multiple": 1}
+
+
+def validate(config) -> None:
+  if config.compress_multiple < 1:
+    raise ConfigError(f"compress_multiple={config.compress_multiple!r} must be a positive integer "
+                      "(1 keeps the exact widths; e.g. 8 or 16 rounds them up).")
+
+
+@PROTOCOLS.register("structured", keys=KEYS, validate=validate, report=report,
+                    restartable=train.restartable, check=check)
 def structured(setup: Setup) -> dict:
   """Trains with the config's group sparsifier, compresses, evaluates both networks."""
   config, task = setup.config, setup.task
@@ -95,7 +110,9 @@ def structured(setup: Setup) -> dict:
   params, model_state = state["params"], state["model_state"]
   workdir.save_masks(setup.workdir, params, trainer.masks_of(sparsifier, state))
 
-  compressed = compress_lib.compress(groups, params, model_state)
+  zero = int(np.sum(np.asarray(groups_lib.is_zero(groups, params))))
+  compressed = compress_lib.compress(groups, params, model_state,
+                                     multiple=config.compress_multiple)
   widths = model.widths_of(compressed.params)
   small = models.build(model.name, num_classes=model.num_classes, input_shape=model.input_shape,
                        model_init=model.model_init, bias_init=model.bias_init, widths=widths)
@@ -103,7 +120,6 @@ def structured(setup: Setup) -> dict:
   loss_small, acc_small = (float(v) for v in trainer.make_evaluate(small_task)(
       compressed.params, compressed.state))
   save_compressed(setup.workdir, compressed, widths)
-  zero = int(np.sum(~compressed.keep))
   summary = {
       "protocol": "structured", "sparsifier": config.sparsifier, "method": config.sparsifier,
       "model": config.model, "dataset": config.dataset, "seed": config.seed,
