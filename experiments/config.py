@@ -8,11 +8,12 @@ wrong type. Durations are strings: ``"40ep"`` (epochs) or ``"500it"`` (iteration
 The keys are those of the runner itself (model, data, optimizer, step counts) plus the keys each
 registered sparsifier and protocol owns (:mod:`experiments.registry`). ``protocol`` selects which
 trainings a run does (``train``: one training; ``imp``: lottery tickets) and ``sparsifier`` the
-sparse method of a training (``dense``, ``magnitude``, ``random``, ``snip``). ``method`` is a
-shorthand kept from earlier versions: ``method=NAME`` selects the protocol ``NAME`` if there is
-one, else the sparsifier ``NAME`` under the protocol it names (``train``, or ``structured`` for
-the group sparsifiers). ``widths`` rebuilds the model at other hidden widths and ``init_from``
-starts from the compressed network a ``structured`` run left (its widths too).
+sparse method of a training (``dense``, ``magnitude``, ``random``, ``snip``, ``pdp``, ``ste``,
+...). ``method`` is a shorthand kept from earlier versions: ``method=NAME`` selects the protocol
+``NAME`` if there is one, else the sparsifier ``NAME`` under the protocol it names (``train``,
+or ``structured`` for the group sparsifiers). ``widths`` rebuilds the model at other hidden
+widths and ``init_from`` starts from the compressed network a ``structured`` run left (its widths
+too).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import os
 import ml_collections
 
 from experiments import group_sparsifiers, models, parsing, protocols, sparsifiers  # noqa: F401
+from experiments import pdp_sparsifiers  # noqa: F401  (registers pdp and ste)
 from experiments.parsing import ConfigError, parse_duration, parse_overrides  # noqa: F401
 from experiments.registry import PROTOCOLS, SPARSIFIERS
 

@@ -7,7 +7,12 @@ keys it owns (:mod:`experiments.registry`). Its builder takes a :class:`Context`
 - ``tx``: an optax transformation around the dense optimizer (masks in its state);
 - ``forward(params, opt_state, step) -> params``: the effective params the loss and the
   evaluation see (the identity for mask-based methods; soft or straight-through masks use it);
-- ``masks(opt_state, params) -> masks``: the masks the method holds now (a mask pytree).
+- ``masks(opt_state, params) -> masks``: the masks the method holds now (a mask pytree);
+- ``hard_masks(opt_state, params) -> masks`` (optional, default None): for methods whose forward
+  network is not ``params * masks`` (PDP's soft masks), the hard masks of the network the method
+  deploys; the ``train`` protocol then also evaluates ``params * hard_masks`` (pruned weights
+  exactly 0.0) at the end and reports ``test_accuracy_hard``, ``test_loss_hard`` and
+  ``density_hard`` beside what training evaluated.
 
 Built in: ``dense``, ``magnitude`` (gradual magnitude pruning, Zhu & Gupta 2017), ``random``
 (random pruning at initialization, Liu et al. 2022) and ``snip`` (Lee et al. 2019). A new one::
@@ -54,6 +59,7 @@ class Sparsifier:
   tx: optax.GradientTransformation
   masks: Callable[[optax.OptState, PyTree], PyTree]
   forward: Callable[[PyTree, optax.OptState, Any], PyTree] = identity
+  hard_masks: Callable[[optax.OptState, PyTree], PyTree] | None = None
 
 
 def with_masks(tx: optax.GradientTransformation) -> Sparsifier:

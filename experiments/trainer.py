@@ -288,6 +288,18 @@ def masks_of(sparsifier: Sparsifier, state: dict) -> PyTree:
   return sparsifier.masks(state["opt_state"], state["params"])
 
 
+def evaluate_hard(evaluate: Callable, sparsifier: Sparsifier, state: dict) -> dict:
+  """For a sparsifier with ``hard_masks``: ``evaluate`` on ``params * hard masks`` (pruned
+  weights exactly 0.0) as ``test_accuracy_hard``, ``test_loss_hard`` and ``density_hard``;
+  ``{}`` for the others."""
+  if sparsifier.hard_masks is None:
+    return {}
+  masks = sparsifier.hard_masks(state["opt_state"], state["params"])
+  loss, accuracy = evaluate(masks_lib.apply(state["params"], masks), state["model_state"])
+  return {"test_accuracy_hard": float(accuracy), "test_loss_hard": float(loss),
+          "density_hard": density(masks)}
+
+
 # ---------------------------------------------------------------------------------------------
 # The loop.
 
