@@ -15,6 +15,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
      "mask-update step / ordinary step"),
     ("throughput.py", ["--epochs", "1", "--dataset", "digits"], "random    end to end"),
     ("imp_level.py", ["--epochs", "1", "--dataset", "digits"], "one IMP level"),
+    ("pdp_step.py", ["--rounds", "1", "--steps", "2", "--models", "lenet300"],
+     "| LeNet-300-100 | pdp sort |"),
 ])
 def test_benchmark_script_runs(script, args, expected):
   result = subprocess.run([sys.executable, os.path.join("benchmarks", script), *args], cwd=ROOT,
