@@ -83,6 +83,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from flax.nnx.nn import linear as nnx_linear
 
 _KERNEL_INITS = {
     "kaiming_normal": nnx.initializers.variance_scaling(2.0, "fan_in", "normal"),
@@ -286,10 +287,9 @@ def _folded_conv(conv: nnx.Conv, bn: nnx.BatchNorm, x: jax.Array) -> jax.Array:
   bias = bn.bias[...] - bn.mean[...] * a
   if conv.bias is not None:
     bias = bias + conv.bias[...] * a
-  kernel = conv.kernel[...] * a
-  pad = kernel.shape[0] // 2  # As _conv builds it: odd square kernels, "same" padding.
-  y = jax.lax.conv_general_dilated(x, kernel, (conv.strides,) * 2 if isinstance(conv.strides, int)
-                                   else conv.strides, [(pad, pad)] * 2,
+  strides = (conv.strides,) * 2 if isinstance(conv.strides, int) else tuple(conv.strides)
+  y = jax.lax.conv_general_dilated(x, conv.kernel[...] * a, strides,
+                                   nnx_linear.canonicalize_padding(conv.padding, 2),
                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
   return y + bias
 

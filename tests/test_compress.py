@@ -229,8 +229,8 @@ def _resnet(params, state, x):
   return x.mean(axis=(1, 2)) @ params["dense"]["kernel"] + params["dense"]["bias"]
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_residual_network_outputs_unchanged(seed):
+def _resnet_params(seed: int):
+  """Random params and BatchNorm state of :func:`_resnet`."""
   params = _random_params(seed, {
       "stem": {"kernel": (3, 3, 3, 4)}, "stem_bn": {"scale": (4,), "bias": (4,)},
       "a": {"kernel": (3, 3, 4, 3), "bias": (3,)}, "b": {"kernel": (3, 3, 3, 4)},
@@ -239,6 +239,12 @@ def test_residual_network_outputs_unchanged(seed):
       "dense": {"kernel": (5, 3), "bias": (3,)}})
   state = _random_params(seed + 100, {"stem_bn": {"mean": (4,), "var": (4,)},
                                       "b_bn": {"mean": (4,), "var": (4,)}})
+  return params, state
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_residual_network_outputs_unchanged(seed):
+  params, state = _resnet_params(seed)
   x = _images()
   groups_lib.validate(RESNET_GROUPS, params, lambda p, x: _resnet(p, state, x), x)
   sparse, zero = _zero_some(RESNET_GROUPS, params, seed)
@@ -255,14 +261,7 @@ def test_residual_network_outputs_unchanged(seed):
 @settings(deadline=None, max_examples=15)
 @given(seed=st.integers(0, 2**16), multiple=st.integers(1, 7))
 def test_rounded_widths_keep_zero_groups_and_outputs(seed, multiple):
-  params = _random_params(seed, {
-      "stem": {"kernel": (3, 3, 3, 4)}, "stem_bn": {"scale": (4,), "bias": (4,)},
-      "a": {"kernel": (3, 3, 4, 3), "bias": (3,)}, "b": {"kernel": (3, 3, 3, 4)},
-      "b_bn": {"scale": (4,), "bias": (4,)}, "c": {"kernel": (3, 3, 4, 2), "bias": (2,)},
-      "d": {"kernel": (3, 3, 2, 5), "bias": (5,)}, "shortcut": {"kernel": (1, 1, 4, 5)},
-      "dense": {"kernel": (5, 3), "bias": (3,)}})
-  state = _random_params(seed + 1, {"stem_bn": {"mean": (4,), "var": (4,)},
-                                    "b_bn": {"mean": (4,), "var": (4,)}})
+  params, state = _resnet_params(seed)
   sparse, zero = _zero_some(RESNET_GROUPS, params, seed)
   exact = compress(RESNET_GROUPS, sparse, state)
   out = compress(RESNET_GROUPS, sparse, state, multiple=multiple)

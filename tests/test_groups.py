@@ -398,6 +398,12 @@ class ArithmeticTest(chex.TestCase):
 tree_names = st.sampled_from(sorted(TREES))
 
 
+def tree_case(name, seed):
+  """(spec, groups, random params) of the tree ``name``."""
+  shapes, spec = TREES[name]
+  return spec, make_groups(spec), make_params(shapes, seed)
+
+
 @st.composite
 def tree_and_bools(draw):
   name = draw(tree_names)
@@ -411,9 +417,7 @@ def tree_and_bools(draw):
 @given(tree_and_bools())
 def test_property_is_zero_reads_back_zero_out(case):
   name, z, seed = case
-  shapes, spec = TREES[name]
-  g = make_groups(spec)
-  params = make_params(shapes, seed)
+  spec, g, params = tree_case(name, seed)
   out = gl.zero_out(g, params, jnp.asarray(z))
   np.testing.assert_array_equal(np.asarray(gl.is_zero(g, out)), z)
   sq = np.asarray(gl.sq_norms(g, out))
@@ -424,9 +428,8 @@ def test_property_is_zero_reads_back_zero_out(case):
 @given(tree_and_bools())
 def test_property_select_matches_numpy_where(case):
   name, which, seed = case
-  shapes, spec = TREES[name]
-  g = make_groups(spec)
-  a, b = make_params(shapes, seed), make_params(shapes, seed + 1)
+  spec, g, a = tree_case(name, seed)
+  b = make_params(TREES[name][0], seed + 1)
   got = np_leaves(gl.select(g, a, b, jnp.asarray(which)))
   axes = member_axes(spec)
   sizes = {p: s for _, s, ms, _ in spec for p, _ in ms}
@@ -443,9 +446,7 @@ def test_property_select_matches_numpy_where(case):
 @SETTINGS
 @given(tree_names, st.integers(0, 2**16))
 def test_property_scale_scales_sq_norms_by_square(name, seed):
-  shapes, spec = TREES[name]
-  g = make_groups(spec)
-  params = make_params(shapes, seed)
+  spec, g, params = tree_case(name, seed)
   f = np.random.default_rng(seed).uniform(-2, 2, num_groups(spec)).astype(np.float32)
   chex.assert_trees_all_close(gl.sq_norms(g, gl.scale(g, params, jnp.asarray(f))),
                               f ** 2 * np.asarray(gl.sq_norms(g, params)), rtol=1e-4, atol=1e-6)
@@ -456,9 +457,7 @@ def test_property_scale_scales_sq_norms_by_square(name, seed):
 @given(tree_and_bools())
 def test_property_masked_count(case):
   name, keep, seed = case
-  shapes, spec = TREES[name]
-  g = make_groups(spec)
-  params = make_params(shapes, seed)
+  spec, g, params = tree_case(name, seed)
   m = gl.masks(g, params, jnp.asarray(keep))
   axes = member_axes(spec)
   kept = sum(int(np.sum(x)) for p, x in np_leaves(m).items() if p in axes)

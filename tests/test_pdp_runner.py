@@ -5,7 +5,6 @@ and the PDP config files."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import pathlib
 
@@ -19,9 +18,10 @@ from experiments import experiment, models, setup as setup_lib, trainer
 from experiments.parsing import ConfigError
 from sparsejax import masks as masks_lib
 from sparsejax import pdp
+from test_paper_configs import load_config
+from test_runner import digits_config
 from workdir_files import read_json, read_metrics
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 KERNELS = {"['dense1']['kernel']": (64, 300), "['dense2']['kernel']": (300, 100),
            "['output']['kernel']": (100, 10)}
 TOTAL = sum(a * b for a, b in KERNELS.values())
@@ -30,22 +30,10 @@ HARD_KEYS = {"test_accuracy_hard", "test_loss_hard", "density_hard"}
 
 def pdp_config(**overrides):
   """66 steps (3 epochs of 22) on digits: dense for the first epoch, then the full targets."""
-  c = config_lib.defaults()
-  c.dataset = "digits"
-  c.batch_size = 64
-  c.steps = "66it"
-  c.eval_every = "33it"
-  c.log_every = "33it"
-  c.checkpoint_every = "66it"
-  c.optimizer = "momentum"
-  c.learning_rate = 0.05
-  c.sparsifier = "pdp"
-  c.final_sparsity = 0.9
-  c.pdp_warmup = "1ep"
-  c.pdp_rate = 1.0
-  for key, value in overrides.items():
-    c[key] = value
-  return c
+  return digits_config(**{
+      "steps": "66it", "eval_every": "33it", "log_every": "33it", "checkpoint_every": "66it",
+      "learning_rate": 0.05, "sparsifier": "pdp", "final_sparsity": 0.9, "pdp_warmup": "1ep",
+      "pdp_rate": 1.0, **overrides})
 
 
 _RUNS = {}
@@ -175,19 +163,11 @@ def test_pdp_keys_do_not_disturb_other_sparsifiers():
   config_lib.finalize(pdp_config(sparsifier="magnitude", pdp_scope="channel"))
 
 
-def _load(name):
-  spec = importlib.util.spec_from_file_location(f"pdp_configs.{name}",
-                                                REPO / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return config_lib.finalize(module.get_config())
-
-
 @pytest.mark.parametrize("name,model,scope", [("pdp_lenet300_fashion", "lenet300", "unstructured"),
                                               ("pdp_conv4_fashion", "conv4", "unstructured"),
                                               ("pdp_nm_conv4_fashion", "conv4", "nm")])
 def test_pdp_configs(name, model, scope):
-  config = _load(name)
+  config = config_lib.finalize(load_config(name))
   assert (config.sparsifier, config.protocol, config.model, config.dataset) == (
       "pdp", "train", model, "fashion_mnist")
   assert (config.pdp_scope, config.final_sparsity, config.pdp_tau) == (scope, 0.9, 1e-4)
