@@ -65,6 +65,7 @@ class ScheduleState(NamedTuple):
   count: jax.Array      # updates done so far: the training step
   targets: PyTree       # per-layer r_l (float32 scalars); 0.0 until the warm-up ends
   inner: optax.OptState  # the dense optimizer's state
+  thresholds: PyTree    # pdp: t of the current params at step ``count``; ste: None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -107,24 +108,39 @@ class Schedule:
     return pdp.hard_masks(params, self.sparsities(targets, step), self.scope, self.n, self.m,
                           self.prunable)
 
-  def transformation(self, inner: optax.GradientTransformation) -> optax.GradientTransformation:
-    """``inner`` plus the targets, fixed inside ``update`` when the warm-up ends."""
+  def thresholds(self, params: PyTree, targets: PyTree, step: Any) -> PyTree:
+    """PDP's thresholds of ``params`` at ``step`` (:func:`sparsejax.pdp.thresholds`)."""
+    return pdp.thresholds(lax.stop_gradient(params), self.sparsities(targets, step), self.scope,
+                          self.n, self.m, self.prunable)
+
+  def transformation(self, inner: optax.GradientTransformation,
+                     with_thresholds: bool = False) -> optax.GradientTransformation:
+    """``inner`` plus the targets, fixed inside ``update`` when the warm-up ends, and (with
+    ``with_thresholds``, for PDP) the thresholds of the params the update produces.
+
+    The thresholds are computed once per step, here, from the new params, so that the forward
+    passes of the next step (and evaluations) only apply them. They are those of the params the
+    runner trains, ``optax.apply_updates(params, updates)``.
+    """
 
     def init(params):
       targets = self.targets(params) if self.warmup == 0 else self.zeros(params)
-      return ScheduleState(jnp.zeros((), jnp.int32), targets, inner.init(params))
+      count = jnp.zeros((), jnp.int32)
+      return ScheduleState(count, targets, inner.init(params),
+                           self.thresholds(params, targets, count) if with_thresholds else None)
 
     def update(updates, state, params=None):
       if params is None:
         raise ValueError("the PDP schedule needs params in update() to fix its layer targets.")
       updates, inner_state = inner.update(updates, state.inner, params)
       count = state.count + 1
+      new_params = optax.apply_updates(params, updates)
       # The targets come from the params the warm-up ends with (after its last update), so the
       # first step after the warm-up already prunes.
-      targets = lax.cond(count == self.warmup,
-                         lambda: self.targets(optax.apply_updates(params, updates)),
+      targets = lax.cond(count == self.warmup, lambda: self.targets(new_params),
                          lambda: state.targets)
-      return updates, ScheduleState(count, targets, inner_state)
+      thresholds = self.thresholds(new_params, targets, count) if with_thresholds else None
+      return updates, ScheduleState(count, targets, inner_state, thresholds)
 
     return optax.GradientTransformation(init, update)
 
@@ -171,9 +187,10 @@ def _schedule(ctx: Context) -> Schedule:
                   ctx.prunable)
 
 
-def _sparsifier(schedule: Schedule, inner, forward) -> Sparsifier:
+def _sparsifier(schedule: Schedule, inner, forward, with_thresholds: bool) -> Sparsifier:
   masks = lambda opt_state, params: schedule.hard_masks(params, opt_state.targets, opt_state.count)
-  return Sparsifier(schedule.transformation(inner), masks, forward, hard_masks=masks)
+  return Sparsifier(schedule.transformation(inner, with_thresholds), masks, forward,
+                    hard_masks=masks)
 
 
 @register("pdp", keys=PDP_KEYS, validate=_validate, check=lambda setup: _check(setup, pdp.SCOPES))
@@ -182,14 +199,14 @@ def pdp_sparsifier(ctx: Context) -> Sparsifier:
   s, tau = _schedule(ctx), ctx.config.pdp_tau
 
   def forward(params, opt_state, step):
+    soft = pdp.apply(params, s.sparsities(opt_state.targets, step), tau, s.scope, s.n, s.m,
+                     s.prunable, opt_state.thresholds)
     if s.scope == "nm":
-      soft = pdp.apply(params, None, tau, "nm", s.n, s.m, s.prunable)
       warm = s.warm(step)
       return jax.tree.map(lambda p, q: jnp.where(warm, p, q), params, soft)
-    return pdp.apply(params, s.sparsities(opt_state.targets, step), tau, s.scope, s.n, s.m,
-                     s.prunable)
+    return soft
 
-  return _sparsifier(s, ctx.inner, forward)
+  return _sparsifier(s, ctx.inner, forward, with_thresholds=True)
 
 
 @register("ste", keys=PDP_KEYS, validate=_validate, check=lambda setup: _check(setup, STE_SCOPES))
@@ -200,4 +217,4 @@ def ste_sparsifier(ctx: Context) -> Sparsifier:
   def forward(params, opt_state, step):
     return pdp.ste_apply(params, s.hard_masks(params, opt_state.targets, step))
 
-  return _sparsifier(s, ctx.inner, forward)
+  return _sparsifier(s, ctx.inner, forward, with_thresholds=False)

@@ -10,6 +10,7 @@ from sparsejax import files
 from sparsejax import lottery
 from sparsejax import masks
 from sparsejax import metrics
+from sparsejax import nm
 from sparsejax import pdp
 from sparsejax import pruning
 from sparsejax import schedules
@@ -20,5 +21,5 @@ from sparsejax import transforms
 
 __version__ = "0.1.0"
 
-__all__ = ["connectivity", "distributions", "files", "lottery", "masks", "metrics", "pdp",
-           "pruning", "schedules", "scores", "selection", "structured", "transforms"]
+__all__ = ["connectivity", "distributions", "files", "lottery", "masks", "metrics", "nm",
+           "pdp", "pruning", "schedules", "scores", "selection", "structured", "transforms"]

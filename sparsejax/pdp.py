@@ -7,8 +7,9 @@ traced sparsity or step) and ``vmap`` (over replicates of the params).
 **PDP** (Cho, Adya & Naik, "PDP: Parameter-free Differentiable Pruning is All You Need",
 NeurIPS 2023). For a layer W at sparsity r, t is the threshold halfway between the smallest kept
 and the largest pruned magnitude when the ``k = round((1 - r) n)`` largest magnitudes are kept
-(the count convention of :mod:`sparsejax.pruning`); it is recomputed at every forward pass and no
-gradient flows through it (``lax.stop_gradient``). The soft mask is the paper's
+(the count convention of :mod:`sparsejax.pruning`); it follows the weights (recomputed whenever
+they change: :func:`thresholds` computes it once per training step for every forward pass of that
+step) and no gradient flows through it (``lax.stop_gradient``). The soft mask is the paper's
 
     m(w) = exp(w^2 / tau) / (exp(w^2 / tau) + exp(t^2 / tau)) = sigmoid((w^2 - t^2) / tau),
 
@@ -68,6 +69,7 @@ from jax import lax
 
 from sparsejax import distributions
 from sparsejax import masks as masks_lib
+from sparsejax import nm as nm_lib
 from sparsejax import selection
 
 PyTree = Any
@@ -101,19 +103,6 @@ def _check_scope(scope: Any) -> None:
         f"scope={scope!r} is unknown; choose one of {list(SCOPES)}: 'unstructured' (each weight), "
         "'channel' (each output channel by its L2 norm) or 'nm' (n of every m consecutive "
         "weights along the input axis).")
-
-
-def _check_nm(n: Any, m: Any) -> tuple[int, int]:
-  for name, value in (("n", n), ("m", m)):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-      raise ValueError(
-          f"{name}={value!r} must be an integer: N:M sparsity keeps n of every m consecutive "
-          "weights, e.g. n=2, m=4.")
-  if not 0 < n < m:
-    raise ValueError(
-        f"n={n}, m={m}: N:M sparsity needs 0 < n < m (n of every m consecutive weights are "
-        "kept), e.g. n=2, m=4.")
-  return int(n), int(m)
 
 
 def parse_nm(spec: str) -> tuple[int, int]:
@@ -198,6 +187,13 @@ def _select(a: jax.Array, k: jax.Array) -> tuple[jax.Array, jax.Array]:
   return keep, _midpoint(a, keep)
 
 
+def _searched_midpoint(a: jax.Array, k: jax.Array) -> jax.Array:
+  """:func:`_select`'s threshold, without the search (``lax.cond``) where nothing is pruned
+  (0.0: the dense warm-up) or nothing kept (+inf)."""
+  edge = jnp.where(k <= 0, jnp.inf, 0.0).astype(_F32)
+  return lax.cond((k >= a.size) | (k <= 0), lambda: edge, lambda: _select(a, k)[1])
+
+
 def _sigmoid_mask(squares: jax.Array, t: jax.Array, tau: Any) -> jax.Array:
   """sigmoid((w^2 - t^2) / tau); t = +inf (nothing kept) gives exactly 0."""
   return jax.nn.sigmoid((squares - jnp.square(t)) / jnp.asarray(tau, _F32))
@@ -217,8 +213,7 @@ def threshold(w: jax.Array, sparsity: Any) -> jax.Array:
   (1 prunes the whole array) and may be traced.
   """
   _check_layer_sparsity(sparsity)
-  a = _magnitudes(w)
-  return _select(a, _kept_count(sparsity, a.size))[1]
+  return _leaf_threshold("w", w, sparsity, "unstructured", 2, 4)
 
 
 def soft_mask(w: jax.Array, sparsity: Any, tau: Any = DEFAULT_TAU) -> jax.Array:
@@ -232,66 +227,49 @@ def soft_mask(w: jax.Array, sparsity: Any, tau: Any = DEFAULT_TAU) -> jax.Array:
   """
   _check_tau(tau)
   _check_layer_sparsity(sparsity)
-  w = jnp.asarray(w)
-  k = _kept_count(sparsity, w.size)
-  _, t = _select(_magnitudes(w), k)
-  m = _sigmoid_mask(jnp.square(w.astype(_F32)), t, tau)
-  return jnp.where(k >= w.size, jnp.ones((), _F32), m).astype(w.dtype)
+  return _leaf_soft("w", w, sparsity, tau, "unstructured", 2, 4)
 
 
-def _check_nm_leaf(path: str, w: Any, m: int) -> None:
-  shape = tuple(np.shape(w))
-  if len(shape) < 2:
-    raise ValueError(
-        f"N:M sparsity needs an input axis (axis -2), but the prunable leaf {path} has shape "
-        f"{shape}. Exclude it with prunable= (e.g. sparsejax.masks.rule(exclude=...)).")
-  if shape[-2] % m:
-    raise ValueError(
-        f"N:M sparsity with m={m} needs the input axis (axis -2) of every prunable leaf to be a "
-        f"multiple of {m}, but {path} has shape {shape} (axis -2 of length {shape[-2]}). Choose "
-        f"an m that divides {shape[-2]}, or exclude the leaf with prunable= (e.g. "
-        "sparsejax.masks.rule(exclude=...)).")
+_blocked = nm_lib.blocked
 
 
-def _blocked(x: jax.Array, m: int) -> jax.Array:
-  """(..., I, O) -> (..., I // m, m, O): blocks of m consecutive entries along axis -2."""
-  *lead, i, o = x.shape
-  return x.reshape(*lead, i // m, m, o)
+def _channel_squares(x: jax.Array) -> jax.Array:
+  return jnp.sum(jnp.square(x), axis=tuple(range(x.ndim - 1)))
 
 
-def _nm_keep(a: jax.Array, n: int) -> jax.Array:
-  """The n largest of every block (axis -2 of ``a``, blocked), ties to the lowest index.
-
-  Ranks by counting within each block (m^2 compares per block), no sort: an entry is kept when
-  fewer than n entries of its block beat it (larger, or equal and earlier).
-  """
-  keys = selection.order_keys(a)
-  m = keys.shape[-2]
-  mine, other = keys[..., :, None, :], keys[..., None, :, :]
-  earlier = (jnp.arange(m)[None, :] < jnp.arange(m)[:, None])[:, :, None]  # [i, j]: j < i
-  beaten_by = (other > mine) | ((other == mine) & earlier)
-  return jnp.sum(beaten_by, axis=-2, dtype=jnp.int32) < n
+def _leaf_threshold(path: str, w: Any, sparsity: Any, scope: str, n: int, m: int) -> jax.Array:
+  """t of one prunable leaf: a float32 scalar, or one per N:M block (shape of ``_blocked`` with
+  axis -2 of length 1)."""
+  if scope == "nm":
+    a = _magnitudes(w)
+    keep = nm_lib.block_top_k(a, n, m, name=path)
+    return _midpoint(_blocked(a, m), _blocked(keep, m), axis=-2, keepdims=True)
+  w = lax.stop_gradient(jnp.asarray(w))
+  a = _magnitudes(w) if scope == "unstructured" else jnp.sqrt(_channel_squares(w.astype(_F32)))
+  return _searched_midpoint(a, _kept_count(sparsity, a.size))
 
 
-# --- per leaf ----------------------------------------------------------------------------------
-
-def _leaf_soft(path: str, w: Any, sparsity: Any, tau: Any, scope: str, n: int,
-               m: int) -> jax.Array:
-  if scope == "unstructured":
-    return soft_mask(w, sparsity, tau)
+def _leaf_soft_at(w: Any, t: jax.Array, sparsity: Any, tau: Any, scope: str,
+                  m: int) -> jax.Array:
+  """The soft mask of one prunable leaf at its threshold t (:func:`_leaf_threshold`)."""
   w = jnp.asarray(w)
   x = w.astype(_F32)
-  if scope == "channel":
-    channels = w.shape[-1]
-    k = _kept_count(sparsity, channels)
-    squares = jnp.sum(jnp.square(x), axis=tuple(range(w.ndim - 1)))
-    _, t = _select(jnp.sqrt(lax.stop_gradient(squares)), k)
-    mask = jnp.where(k >= channels, jnp.ones((), _F32), _sigmoid_mask(squares, t, tau))
-    return jnp.broadcast_to(mask, w.shape).astype(w.dtype)
-  _check_nm_leaf(path, w, m)
-  a = _blocked(_magnitudes(w), m)
-  t = _midpoint(a, _nm_keep(a, n), axis=-2, keepdims=True)
-  return _sigmoid_mask(_blocked(jnp.square(x), m), t, tau).reshape(w.shape).astype(w.dtype)
+  if scope == "nm":
+    return _sigmoid_mask(_blocked(jnp.square(x), m), t, tau).reshape(w.shape).astype(w.dtype)
+  if scope == "unstructured":
+    size, squares = w.size, jnp.square(x)
+  else:
+    size, squares = w.shape[-1], _channel_squares(x)
+  mask = jnp.where(_kept_count(sparsity, size) >= size, jnp.ones((), _F32),
+                   _sigmoid_mask(squares, t, tau))
+  return jnp.broadcast_to(mask, w.shape).astype(w.dtype)
+
+
+def _leaf_soft(path: str, w: Any, sparsity: Any, tau: Any, scope: str, n: int, m: int,
+               t: jax.Array | None = None) -> jax.Array:
+  if t is None:
+    t = _leaf_threshold(path, w, sparsity, scope, n, m)
+  return _leaf_soft_at(w, t, sparsity, tau, scope, m)
 
 
 def _leaf_hard(path: str, w: Any, sparsity: Any, scope: str, n: int, m: int) -> jax.Array:
@@ -302,8 +280,7 @@ def _leaf_hard(path: str, w: Any, sparsity: Any, scope: str, n: int, m: int) -> 
     norms = jnp.sqrt(jnp.sum(jnp.square(a), axis=tuple(range(a.ndim - 1))))
     keep, _ = _select(norms, _kept_count(sparsity, norms.size))
     return jnp.broadcast_to(keep, a.shape)
-  _check_nm_leaf(path, a, m)
-  return _nm_keep(_blocked(a, m), n).reshape(a.shape)
+  return nm_lib.block_top_k(a, n, m, name=path)
 
 
 # --- whole params ------------------------------------------------------------------------------
@@ -345,26 +322,70 @@ def _sparsity_by_path(params: PyTree, sparsities: Any, selected: list[str]) -> d
 
 
 def _map_prunable(params: PyTree, sparsities: Any, scope: str, n: int, m: int,
-                  prunable: masks_lib.Prunable, fn, default) -> PyTree:
-  """``fn(path, leaf, sparsity, n, m)`` on prunable leaves, ``default(leaf)`` on the others."""
+                  prunable: masks_lib.Prunable, fn, default, per_leaf: PyTree = None,
+                  per_leaf_name: str = "") -> PyTree:
+  """``fn(path, leaf, sparsity, n, m, extra)`` on prunable leaves, ``default(leaf)`` on the
+  others; ``extra`` is the leaf of ``per_leaf`` (a pytree shaped like the params) or None."""
   _check_scope(scope)
   selected = masks_lib.prunable_paths(params, prunable)
   if scope == "nm":
-    n, m = _check_nm(n, m)
+    n, m = nm_lib.check_nm(n, m)
     by_path = dict.fromkeys(selected)
   else:
     by_path = _sparsity_by_path(params, sparsities, selected)
+  extra = dict.fromkeys(selected)
+  if per_leaf is not None:
+    hint = f"Pass the {per_leaf_name} that sparsejax.pdp.thresholds returned for these params."
+    leaves = masks_lib.check_structure(params, per_leaf, "params", per_leaf_name, hint)
+    for path, leaf, value in leaves:
+      if path in extra:
+        _check_threshold_leaf(path, leaf, value, scope, m, per_leaf_name, hint)
+        extra[path] = value
 
   def leaf_fn(path, leaf):
     path = jax.tree_util.keystr(path)
-    return fn(path, leaf, by_path[path], n, m) if path in by_path else default(leaf)
+    if path not in by_path:
+      return default(leaf)
+    return fn(path, leaf, by_path[path], n, m, extra[path])
 
   return jax.tree_util.tree_map_with_path(leaf_fn, params)
 
 
+def _check_threshold_leaf(path: str, leaf: Any, value: Any, scope: str, m: int, name: str,
+                          hint: str) -> None:
+  shape = tuple(np.shape(leaf))
+  if scope == "nm":
+    nm_lib.check_leaf(path, leaf, m)
+    expected, unit = (*shape[:-2], shape[-2] // m, 1, shape[-1]), f"one per block of {m}"
+  else:
+    expected, unit = (), "one scalar per leaf"
+  if tuple(np.shape(value)) != expected:
+    raise ValueError(
+        f"The {name} hold shape {tuple(np.shape(value))} for {path} (shape {shape}), but the "
+        f"{scope!r} scope has {unit}: shape {expected}. {hint}")
+
+
+def thresholds(params: PyTree, sparsities: Any = None, scope: str = "unstructured", n: int = 2,
+               m: int = 4, prunable: masks_lib.Prunable = None) -> PyTree:
+  """PDP's thresholds t of every prunable leaf, as :func:`soft_masks` computes them.
+
+  A pytree shaped like the params: a float32 scalar per prunable leaf (``"unstructured"``,
+  ``"channel"``), one per N:M block (``"nm"``: the leaf blocked along its input axis, that axis
+  of length 1), and 0.0 for leaves never pruned; no gradient. Pass it back as ``thresholds=`` to
+  :func:`apply` or :func:`soft_masks` to use them without searching again: t depends only on the
+  params and the sparsities, so a training step needs it once, after the params change, however
+  many forward passes use it (the re-implementations recompute it after every optimizer step).
+  Arguments as in :func:`soft_masks`.
+  """
+  return _map_prunable(
+      params, sparsities, scope, n, m, prunable,
+      lambda path, w, s, n, m, _: _leaf_threshold(path, w, s, scope, n, m),
+      lambda _: jnp.zeros((), _F32))
+
+
 def soft_masks(params: PyTree, sparsities: Any = None, tau: Any = DEFAULT_TAU,
                scope: str = "unstructured", n: int = 2, m: int = 4,
-               prunable: masks_lib.Prunable = None) -> PyTree:
+               prunable: masks_lib.Prunable = None, thresholds: PyTree = None) -> PyTree:
   """PDP soft masks of every prunable leaf (float, the leaf's shape and dtype).
 
   Leaves that are never pruned carry a scalar ``True`` (as in :mod:`sparsejax.masks`), which
@@ -373,30 +394,38 @@ def soft_masks(params: PyTree, sparsities: Any = None, tau: Any = DEFAULT_TAU,
   (its values at leaves that are not prunable are ignored) or a dict keyed by key paths; ignored
   (may be None) in the ``"nm"`` scope. See the module docstring for the scopes.
 
+  ``thresholds``: the result of :func:`thresholds` for these very params, sparsities and scope
+  (computed once, e.g. when the params were updated); None searches for them here. Thresholds of
+  other params are not detected and give other masks.
+
   Raises:
     ValueError: for a bad tau, scope, n/m or sparsity, or (``"nm"``) a prunable leaf whose input
-      axis is not a multiple of m, naming the leaf and its shape.
+      axis is not a multiple of m, naming the leaf and its shape; for ``thresholds`` that do not
+      fit the params and scope.
   """
   _check_tau(tau)
   return _map_prunable(
       params, sparsities, scope, n, m, prunable,
-      lambda path, w, s, n, m: _leaf_soft(path, w, s, tau, scope, n, m),
-      lambda _: jnp.array(True))
+      lambda path, w, s, n, m, t: _leaf_soft(path, w, s, tau, scope, n, m, t),
+      lambda _: jnp.array(True), thresholds, "thresholds")
 
 
 def apply(params: PyTree, sparsities: Any = None, tau: Any = DEFAULT_TAU,
           scope: str = "unstructured", n: int = 2, m: int = 4,
-          prunable: masks_lib.Prunable = None) -> PyTree:
+          prunable: masks_lib.Prunable = None, thresholds: PyTree = None) -> PyTree:
   """PDP's effective params ``W * m(W)`` for every prunable leaf; the other leaves untouched.
 
   The forward-time function of PDP: call it inside the loss, on the params being trained, with
-  this step's per-layer sparsities (:func:`ramp`). Arguments as in :func:`soft_masks`.
+  this step's per-layer sparsities (:func:`ramp`). Arguments as in :func:`soft_masks`; with
+  ``thresholds`` the forward pass does no search at all (the runner's ``pdp`` sparsifier keeps
+  them in its optimizer state, computed once per update from the new params).
   """
   _check_tau(tau)
   return _map_prunable(
       params, sparsities, scope, n, m, prunable,
-      lambda path, w, s, n, m: (w * _leaf_soft(path, w, s, tau, scope, n, m)).astype(w.dtype),
-      lambda leaf: leaf)
+      lambda path, w, s, n, m, t: (w * _leaf_soft(path, w, s, tau, scope, n, m, t)
+                                   ).astype(w.dtype),
+      lambda leaf: leaf, thresholds, "thresholds")
 
 
 def hard_masks(params: PyTree, sparsities: Any = None, scope: str = "unstructured", n: int = 2,
@@ -412,7 +441,7 @@ def hard_masks(params: PyTree, sparsities: Any = None, scope: str = "unstructure
   """
   return _map_prunable(
       params, sparsities, scope, n, m, prunable,
-      lambda path, w, s, n, m: _leaf_hard(path, w, s, scope, n, m),
+      lambda path, w, s, n, m, _: _leaf_hard(path, w, s, scope, n, m),
       lambda _: jnp.array(True))
 
 

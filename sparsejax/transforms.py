@@ -23,6 +23,8 @@ back.
   distribution) are its three arguments.
 * :func:`magnitude_pruning`: gradual magnitude pruning (Zhu & Gupta 2017) = scheduled_pruning with
   magnitude scores on the polynomial schedule.
+* :func:`nm_pruning`: gradual magnitude N:M pruning (our reading of Zhu & Gupta 2017 for N:M):
+  every block of m consecutive inputs goes from m to n kept weights on the schedule's steps.
 * :func:`one_shot_pruning`: one mask update at one step, e.g. SNIP (Lee et al. 2019) at step 0.
 * :func:`apply_updates`: ``optax.apply_updates`` followed by the masks held in the state.
 * :func:`get_masks` / :func:`set_masks`: read or replace the masks in any optimizer state that
@@ -31,6 +33,8 @@ back.
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable
 from typing import Any, NamedTuple, Union
 
@@ -41,6 +45,7 @@ from jax import lax
 
 from sparsejax import distributions
 from sparsejax import masks as masks_lib
+from sparsejax import nm as nm_lib
 from sparsejax import pruning
 from sparsejax import schedules as schedules_lib
 from sparsejax import scores as scores_lib
@@ -197,30 +202,47 @@ def scheduled_pruning(inner: optax.GradientTransformation, schedule, score_fn: S
   if not callable(score_fn):
     raise TypeError(f"scheduled_pruning: score_fn={score_fn!r} must be a function "
                     "(params, grads) -> scores.")
+  _check_accumulation_steps(accumulation_steps)
+  if distribution != "global":
+    distributions.get(distribution)  # fails early on an unknown name
+
+  def initial(params):
+    return masks_lib.ones_like(params, prunable) if initial_masks is None else initial_masks
+
+  def remask(params, grads, masks, sparsity):
+    return pruning.prune(score_fn(params, grads), sparsity, masks, distribution, revive=revive,
+                         params=params)
+
+  return _scheduled(inner, schedule, initial, remask, accumulation_steps, "scheduled_pruning")
+
+
+def _check_accumulation_steps(accumulation_steps: Any) -> None:
   if (isinstance(accumulation_steps, bool) or not isinstance(accumulation_steps, int)
       or accumulation_steps < 1):
     raise ValueError(f"accumulation_steps={accumulation_steps!r} must be a positive int: the "
                      "mini-batches per update (every_k_schedule of optax.MultiSteps).")
+
+
+def _scheduled(inner: optax.GradientTransformation, schedule, initial: Callable[[PyTree], PyTree],
+               remask: Callable[[PyTree, PyTree, PyTree, jax.Array], PyTree],
+               accumulation_steps: int, name: str) -> optax.GradientTransformationExtraArgs:
+  """The wrapper of :func:`scheduled_pruning`: masks ``initial(params)`` at ``init``, and
+  ``remask(params, grads, masks, sparsity)`` inside ``lax.cond`` on the schedule's steps."""
   inner = optax.with_extra_args_support(inner)
-  if distribution != "global":
-    distributions.get(distribution)  # fails early on an unknown name
   window = jnp.arange(accumulation_steps, dtype=jnp.int32)
 
   def init_fn(params):
-    m = masks_lib.ones_like(params, prunable) if initial_masks is None else initial_masks
-    m = masks_lib.conform(params, m)  # the params' containers, e.g. NNX's
-    return ScheduledPruningState(jnp.zeros((), jnp.int32), m,
-                                 _init_inner(inner, params, m, "scheduled_pruning"))
+    m = masks_lib.conform(params, initial(params))  # the params' containers, e.g. NNX's
+    return ScheduledPruningState(jnp.zeros((), jnp.int32), m, _init_inner(inner, params, m, name))
 
   def update_fn(updates, state, params=None, **extra_args):
-    _require_params(params, "scheduled_pruning")
+    _require_params(params, name)
 
     steps = state.count * accumulation_steps + window  # the mini-batches of this update
 
     def prune(operands):
       m, inner_state = operands
-      new = pruning.prune(score_fn(params, updates), schedule(steps[-1]), m, distribution,
-                          revive=revive, params=params)
+      new = remask(params, updates, m, schedule(steps[-1]))
       return new, _zero_pruned_state(inner, inner_state, new)
 
     due = jnp.any(jax.vmap(schedule.is_update_step)(steps))
@@ -245,6 +267,80 @@ def magnitude_pruning(inner: optax.GradientTransformation, schedule,
   return scheduled_pruning(inner, schedule, lambda params, _: scores_lib.magnitude(params),
                            distribution, prunable, initial_masks,
                            accumulation_steps=accumulation_steps)
+
+
+def _final_sparsity(schedule) -> tuple[str, float] | None:
+  """(attribute, value) of the sparsity a schedule ends at, when it exposes one."""
+  for attribute in ("final_sparsity", "sparsity"):  # schedules.Polynomial, schedules.OneShot
+    value = getattr(schedule, attribute, None)
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+      return attribute, float(value)
+  return None
+
+
+def nm_pruning(inner: optax.GradientTransformation, n: int, m: int, schedule,
+               prunable: masks_lib.Prunable = None, *,
+               accumulation_steps: int = 1) -> optax.GradientTransformationExtraArgs:
+  """Gradual magnitude N:M pruning: every block of m consecutive inputs ends keeping exactly n.
+
+  Our reading of Zhu & Gupta 2017's gradual schedule (eq. 1), generalized to N:M patterns: at
+  an update step t of ``schedule`` with sparsity s_t, every block of m consecutive weights along
+  axis -2 (``in`` of a dense kernel, ``I`` of an HWIO conv kernel) of every prunable leaf keeps
+
+      k_t = clip(round((1 - s_t) m), n, m)
+
+  weights (:func:`sparsejax.nm.kept_per_block`): the k_t largest magnitudes among those it still
+  keeps (pruned weights stay pruned), ties to the lowest index (:func:`sparsejax.nm.prune`). With
+  ``schedules.polynomial(1 - n / m, begin, end, frequency)`` the pattern goes m:m -> ... -> n:m
+  and, from ``end`` on, exactly n of every m weights are kept (the pattern of
+  :func:`sparsejax.pdp.nm_masks`). Everything else is :func:`scheduled_pruning`'s: the masks live
+  in the state (:func:`get_masks`), they change only on the schedule's steps (``lax.cond`` inside
+  ``jit``, no recompilation), from the params before the step's update, the updates are masked
+  and every pruned weight is exactly 0.0 after every step. Fixed N:M masks need no schedule:
+  ``static_masks(inner, sparsejax.pdp.nm_masks(params, n, m))``.
+
+  Example::
+
+    schedule = sparsejax.schedules.polynomial(1 - 2 / 4, begin_step=1000, end_step=9000,
+                                              frequency=100)
+    opt = sparsejax.transforms.nm_pruning(optax.sgd(0.1, momentum=0.9), 2, 4, schedule)
+
+  Args:
+    inner: any optax optimizer.
+    n: weights kept of every m at the end (0 < n < m).
+    m: the block length.
+    schedule: a schedule (:mod:`sparsejax.schedules`) ending at sparsity 1 - n/m.
+    prunable: the rule for prunable leaves (:mod:`sparsejax.masks`); axis -2 of each must be a
+      multiple of m.
+    accumulation_steps: mini-batches per call of ``update``, as in :func:`scheduled_pruning`.
+
+  Raises:
+    ValueError: for n, m not integers with 0 < n < m; a schedule that says it ends at a sparsity
+      other than 1 - n/m (its ``final_sparsity``, or a one-shot schedule's ``sparsity``); at
+      ``init``, a prunable leaf of rank < 2 or whose axis -2 is not a multiple of m (naming the
+      leaf and its shape).
+  """
+  n, m = nm_lib.check_nm(n, m)
+  _check_inner(inner, "nm_pruning")
+  _check_schedule(schedule, "nm_pruning")
+  _check_accumulation_steps(accumulation_steps)
+  final = _final_sparsity(schedule)
+  if final is not None and not math.isclose(final[1], 1 - n / m, rel_tol=0.0, abs_tol=1e-6):
+    raise ValueError(
+        f"nm_pruning: the schedule ends at {final[0]}={final[1]!r}, but an {n}:{m} pattern has "
+        f"sparsity 1 - n/m = {1 - n / m!r}: pass a schedule ending there, e.g. "
+        f"sparsejax.schedules.polynomial(1 - {n} / {m}, begin_step, end_step, frequency).")
+
+  def initial(params):
+    nm_lib.check_params(params, m, prunable)
+    return masks_lib.ones_like(params, prunable)
+
+  def remask(params, grads, masks, sparsity):
+    del grads
+    return nm_lib.prune(scores_lib.magnitude(params), nm_lib.kept_per_block(sparsity, n, m), m,
+                        masks)
+
+  return _scheduled(inner, schedule, initial, remask, accumulation_steps, "nm_pruning")
 
 
 def one_shot_pruning(inner: optax.GradientTransformation, sparsity: float, score_fn: ScoreFn,
@@ -295,7 +391,7 @@ def get_masks(opt_state: optax.OptState) -> PyTree:
   if not found:
     raise ValueError(
         "expected one sparsejax mask state in the optimizer state, found 0: build the optimizer "
-        "with static_masks / scheduled_pruning / magnitude_pruning.")
+        "with static_masks / scheduled_pruning / magnitude_pruning / nm_pruning.")
   return _merge_partitions([x.masks for x in found])
 
 

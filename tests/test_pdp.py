@@ -251,6 +251,47 @@ def test_apply_masks_prunable_leaves_only():
   assert out["conv"]["kernel"] is params["conv"]["kernel"]
 
 
+@SETTINGS
+@given(tied_params(), st.floats(0.0, 0.99), st.sampled_from(pdp.SCOPES))
+def test_precomputed_thresholds_give_the_same_bits(params, sparsity, scope):
+  """apply / soft_masks with thresholds(params) are exactly the ones that search themselves."""
+  t = pdp.thresholds(params, sparsity, scope=scope)
+  chex.assert_trees_all_equal(pdp.apply(params, sparsity, 1e-2, scope=scope, thresholds=t),
+                              pdp.apply(params, sparsity, 1e-2, scope=scope))
+  chex.assert_trees_all_equal(pdp.soft_masks(params, sparsity, 1e-2, scope=scope, thresholds=t),
+                              pdp.soft_masks(params, sparsity, 1e-2, scope=scope))
+
+
+def test_thresholds_by_hand_and_their_shapes():
+  params = distinct_params()
+  t = pdp.thresholds(params, 0.5)
+  for name in NAMES:
+    mags = np.sort(np.abs(kernel(params, name)).ravel())[::-1]
+    k = f32_kept(0.5, mags.size)
+    assert float(t[name]["kernel"]) == np.float32(mags[k - 1] / 2 + mags[k] / 2)
+    assert float(t[name]["bias"]) == 0.0  # never pruned
+  assert pdp.thresholds(params, 0.0)["dense"]["kernel"] == 0.0  # nothing pruned: no search
+  assert pdp.thresholds(params, 1.0 - 1e-9)["dense"]["kernel"] == np.inf
+  nm = pdp.thresholds(params, None, scope="nm", n=1, m=2)
+  assert nm["conv"]["kernel"].shape == (3, 3, 2, 1, 5)
+  assert nm["dense"]["kernel"].shape == (4, 1, 6)
+  pair = np.abs(kernel(params, "dense")).reshape(4, 2, 6)
+  np.testing.assert_array_equal(nm["dense"]["kernel"][:, 0], pair.max(1) / 2 + pair.min(1) / 2)
+
+
+def test_thresholds_that_do_not_fit_are_refused():
+  params = distinct_params()
+  t = pdp.thresholds(params, 0.5)
+  with pytest.raises(ValueError, match=re.escape(
+      "thresholds hold shape (3, 3, 1, 1, 5) for ['conv']['kernel'] (shape (3, 3, 4, 5)), but the "
+      "'unstructured' scope has one scalar per leaf: shape ()")):
+    pdp.apply(params, 0.5, thresholds=pdp.thresholds(params, None, scope="nm"))
+  with pytest.raises(ValueError, match=re.escape("one per block of 4: shape (3, 3, 1, 1, 5)")):
+    pdp.apply(params, None, scope="nm", thresholds=t)
+  with pytest.raises(ValueError, match=re.escape("['dense']")):
+    pdp.apply(params, 0.5, thresholds={"conv": t["conv"]})
+
+
 # --- jit, vmap, no sort ------------------------------------------------------------------------
 
 class TracedTest(chex.TestCase):

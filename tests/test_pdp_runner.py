@@ -95,6 +95,24 @@ def test_pdp_unstructured_hard_density_and_hard_evaluation(tmp_path_factory):
   assert summary["test_accuracy"] > 0.2  # chance is 0.1: a few steps of training
 
 
+@pytest.mark.parametrize("name,scope", [("pdp", "unstructured"), ("pdp_nm", "nm")])
+def test_thresholds_in_the_state_are_those_of_the_params(tmp_path_factory, name, scope):
+  """The schedule keeps t in its state, computed once per update from the new params: at the
+  last checkpoint it is exactly pdp.thresholds of the params saved with it."""
+  overrides = {"pdp_scope": scope} if scope == "unstructured" else {
+      "sparsifier": "pdp", "pdp_scope": "nm", "nm": "2:4"}
+  workdir, _ = run_once(tmp_path_factory, name, **overrides)
+  state = final_state(workdir)
+  opt_state = state["opt_state"]
+  sparsities = pdp.ramp((66 - 22) // 22, opt_state["targets"], 0, 1.0)
+  expected = pdp.thresholds(state["params"], sparsities, scope, 2, 4)
+  got, want = by_path(opt_state["thresholds"]), by_path(expected)
+  assert sorted(got) == sorted(want)
+  for path in KERNELS:
+    np.testing.assert_array_equal(got[path], want[path])
+    assert np.all(np.isfinite(got[path])) and np.all(got[path] > 0), path
+
+
 def test_pdp_channel_scope_prunes_whole_output_channels(tmp_path_factory):
   workdir, summary = run_once(tmp_path_factory, "pdp_channel", pdp_scope="channel",
                               prune_exclude="output")
