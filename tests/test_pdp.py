@@ -511,3 +511,53 @@ def test_bad_single_array_and_schedule_arguments():
                                                 "one scalar per leaf")):
     pdp.hard_masks(distinct_params(), {"conv": {"kernel": jnp.ones(2), "bias": 0.0},
                                        "dense": {"kernel": 0.5, "bias": 0.0}})
+
+
+# --- channel hard masks -> structured compression ------------------------------------------------
+
+def _mlp_apply(p, x):
+  h = jax.nn.relu(x @ p["l1"]["kernel"] + p["l1"]["bias"])
+  h = jax.nn.relu(h @ p["l2"]["kernel"] + p["l2"]["bias"])
+  return h @ p["out"]["kernel"] + p["out"]["bias"]
+
+
+def test_channel_hard_masks_fine_tune_and_compress():
+  """A channel-scope PDP model is deployed with the structured tools: its hard masks name the
+  kept groups, static_masks fine-tunes the group-sparse network (pruned groups stay exactly 0.0)
+  and compress removes them, with the same outputs."""
+  from sparsejax import transforms
+  from sparsejax.structured import compress, discover
+  from sparsejax.structured import groups as groups_lib
+  import optax
+
+  keys = jax.random.split(jax.random.key(0), 4)
+  sizes = [(8, 6), (6, 5), (5, 3)]
+  params = {name: {"kernel": jax.random.normal(k, s), "bias": jax.random.normal(k, s[1:]) * 0.1}
+            for name, k, s in zip(["l1", "l2", "out"], keys, sizes)}
+  x = jax.random.normal(keys[3], (16, 8))
+  hidden = masks_lib.rule(exclude="out")  # the output's channels are the logits
+  hard = pdp.hard_masks(params, 0.5, scope="channel", prunable=hidden)
+  groups = discover.discover(_mlp_apply, params, x)
+  # A group is kept where its prunable entries are; biases and consumers follow their group.
+  kept_entries = jax.tree.map(lambda p, m: jnp.broadcast_to(m, p.shape).astype(p.dtype)
+                              if m.ndim else jnp.zeros_like(p), params, hard)
+  keep = ~groups_lib.is_zero(groups, kept_entries)
+  np.testing.assert_array_equal(keep, np.concatenate(
+      [np.asarray(hard[name]["kernel"]).all(axis=0) for name in ("l1", "l2")]))
+  group_masks = groups_lib.masks(groups, params, keep)
+
+  opt = transforms.static_masks(optax.sgd(0.1), group_masks)
+  p = masks_lib.apply(params, group_masks)
+  state = opt.init(p)
+  loss = lambda p: jnp.mean(jnp.square(_mlp_apply(p, x)))
+  for _ in range(3):
+    updates, state = opt.update(jax.grad(loss)(p), state, p)
+    p = transforms.apply_updates(p, updates, state)
+    for name in ("l1", "l2"):
+      pruned = ~np.asarray(hard[name]["kernel"]).all(axis=0)
+      assert np.all(np.asarray(p[name]["kernel"])[:, pruned] == 0.0)
+      assert np.all(np.asarray(p[name]["bias"])[pruned] == 0.0)
+
+  small = compress.compress(groups, p)
+  assert sorted(small.widths.values()) == sorted([f32_kept(0.5, 6), f32_kept(0.5, 5)])  # 3, 2
+  np.testing.assert_allclose(_mlp_apply(small.params, x), _mlp_apply(p, x), rtol=1e-5, atol=1e-6)
