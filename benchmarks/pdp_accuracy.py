@@ -9,8 +9,8 @@ and 95%) and seed, it trains through the runner's ``train`` protocol:
   pdp         PDP soft masks (Cho et al. 2023), unstructured;
   ste         straight-through magnitude masks on PDP's schedule;
 
-and, for Conv-4 at 2:4 (``--nm``): ``pdp_nm``, ``ste_nm`` and ``magnitude_nm`` (gradual
-magnitude N:M). The number compared is the test accuracy of the network with its hard masks,
+and at 2:4 (``--nm``; '' for none): ``pdp_nm``, ``ste_nm`` and ``magnitude_nm`` (gradual
+magnitude N:M; Conv-4's first convolution, with one input channel, stays dense). The number compared is the test accuracy of the network with its hard masks,
 pruned weights exactly 0.0: ``test_accuracy_hard`` for pdp and ste (whose training evaluates the
 soft or straight-through network), ``test_accuracy`` for the others (their masks are hard).
 
@@ -29,6 +29,7 @@ Recipes:
   python benchmarks/pdp_accuracy.py [--models lenet300,conv4] [--seeds 0,1,2]
       [--sparsities 0.9,0.95] [--methods dense,magnitude,random_erk,pdp,ste] [--nm 2:4]
       [--workdir runs/pdp_accuracy] [--conv4_recipe short] [--collect]
+      [--steps 40it --dataset digits]  (a smoke run)
 
 Finished runs in ``--workdir`` are reused (the runner resumes them), so an interrupted benchmark
 picks up where it stopped; ``--collect`` reports the finished runs without training. Results:
@@ -100,14 +101,19 @@ def config_for(model: str, method: str, sparsity: float, seed: int, args):
     config.nm = args.nm
     if base in ("pdp", "ste"):
       config.pdp_scope = "nm"
-    config.prune_exclude = "conv1"
-  else:
-    if base in ("pdp", "ste"):
-      config.pdp_scope = "unstructured"
+    else:
+      config.pruning_scope = "nm"
+    if model == "conv4":
+      config.prune_exclude = "conv1"  # one input channel: no blocks of 4
+  elif base in ("pdp", "ste"):
+    config.pdp_scope = "unstructured"
   config.seed = seed
   config.checkpoint_every = "100ep"
   if args.steps:
     config.steps = args.steps
+  if args.dataset:
+    config.dataset = args.dataset
+    config.train_subset = config.test_subset = 0
   return config
 
 
@@ -121,7 +127,7 @@ def points(args):
         else:
           for sparsity in args.sparsities:
             yield model, method, sparsity, seed
-      if model == "conv4" and args.nm:
+      if args.nm:
         for method in NM_METHODS:
           yield model, method, args.nm, seed
 
@@ -181,10 +187,12 @@ def main():
   parser.add_argument("--seeds", default="0,1,2")
   parser.add_argument("--sparsities", default="0.9,0.95")
   parser.add_argument("--methods", default=",".join(METHODS))
-  parser.add_argument("--nm", default="2:4", help="Conv-4's N:M pattern; '' for none")
+  parser.add_argument("--nm", default="2:4", help="the N:M pattern; '' for none")
   parser.add_argument("--workdir", default="runs/pdp_accuracy")
   parser.add_argument("--conv4_recipe", default="short", choices=("short", "full"))
   parser.add_argument("--steps", default="", help="override every run's length (smoke tests)")
+  parser.add_argument("--dataset", default="", help="override the dataset, e.g. digits (smoke "
+                      "tests; the recipes' warm-ups and schedules are in epochs)")
   parser.add_argument("--collect", action="store_true",
                       help="report the finished runs in --workdir without training")
   args = parser.parse_args()

@@ -36,3 +36,22 @@ def test_structured_benchmark_runs(tmp_path):
   assert "compressed" in result.stdout and (tmp_path / "results.json").exists()
   speedups = json.loads((tmp_path / "results.json").read_text())["speedups"]
   assert set(speedups) == {"mlp_t0.5_m1", "mlp_t0.5_m8", "mlp_t0.5_m16"}
+
+
+def test_pdp_accuracy_benchmark_runs(tmp_path):
+  """Every method of the table, unstructured and 2:4, trains with its recipe (LeNet-300-100's 40
+  epochs, of digits: 12 steps each) and lands in the table."""
+  args = ["--models", "lenet300", "--seeds", "0", "--sparsities", "0.9", "--dataset", "digits",
+          "--workdir", str(tmp_path)]
+  result = subprocess.run([sys.executable, os.path.join("benchmarks", "pdp_accuracy.py"), *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+  assert result.returncode == 0, result.stderr[-3000:]
+  for row in ("| lenet300 | dense | dense |", "| lenet300 | 90% | magnitude |",
+              "| lenet300 | 90% | random_erk |", "| lenet300 | 90% | pdp |",
+              "| lenet300 | 90% | ste |", "| lenet300 | 2:4 | pdp_nm |",
+              "| lenet300 | 2:4 | ste_nm |", "| lenet300 | 2:4 | magnitude_nm |"):
+    assert row in result.stdout, result.stdout
+  rows = json.loads((tmp_path / "results.json").read_text())
+  assert len(rows) == 8
+  assert {r["density"] for r in rows if r["method"].endswith("_nm")} == {0.5}
+  assert all(abs(r["density"] - 0.1) < 1e-3 for r in rows if r["level"] == 0.9)
