@@ -47,6 +47,8 @@ def runner_defaults() -> ml_collections.ConfigDict:
   c.train_subset = 0              # 0 = all examples; n = the first n (small test runs)
   c.test_subset = 0
   c.seed = 0
+  c.replicates = 1                # N > 1: the runs with seeds seed .. seed + N - 1
+  c.vectorize = False             # train the replicates as one program (jax.vmap)
   c.augment = False               # random crop + flip (CIFAR-style models)
 
   c.batch_size = 128
@@ -103,6 +105,13 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.lock()
   validate(config)
   resolve(config)
+  options = PROTOCOLS.get(config.protocol).options
+  if config.replicates > 1 and not options.get("replicates", False):
+    raise ConfigError(f"replicates={config.replicates}: the {config.protocol!r} protocol runs "
+                      "one replicate; set replicates=1 and sweep the seed instead.")
+  if config.vectorize and not options.get("vectorizes", False):
+    raise ConfigError(f"vectorize=True: the {config.protocol!r} protocol trains its replicates "
+                      "one after another; set vectorize=False.")
   return config
 
 
@@ -123,6 +132,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for key in ("batch_size",):
     if config[key] <= 0:
       raise ConfigError(f"{key}={config[key]!r} must be a positive integer.")
+  if isinstance(config.replicates, bool) or not isinstance(config.replicates, int) or (
+      config.replicates < 1):
+    raise ConfigError(f"replicates={config.replicates!r} must be a positive integer (the runs "
+                      "with seeds seed, seed + 1, ...).")
   for key in ("train_subset", "test_subset"):
     if config[key] < 0:
       raise ConfigError(f"{key}={config[key]!r} must be >= 0 (0 = the whole split).")

@@ -147,13 +147,18 @@ class Task:
     return cross_entropy(logits, y), (logits, new_state)
 
 
-def make_train_steps(task: Task, sparsifier: Sparsifier) -> Callable:
+def make_train_steps(task: Task, sparsifier: Sparsifier, axes: PyTree = None) -> Callable:
   """``train_steps(state, n) -> (state, (loss_sum, correct_sum))``: n steps in one jitted loop
   (or, see :func:`host_loop`, n calls of one jitted step).
 
   The loss is computed on ``sparsifier.forward(params, opt_state, step)`` (the effective params:
   the params themselves for mask-based methods), and its gradient with respect to the params
   goes to ``sparsifier.tx`` (with the loss as ``value=`` when it takes extra arguments).
+
+  ``axes`` (a pytree like the state of 0 or None, :class:`Replicates`) trains replicates stacked
+  along a leading axis under ``jax.vmap``: each step is one program for all of them, the leaves
+  marked None (the step counters) shared, so that ``lax.cond`` on them stays a branch instead
+  of computing both sides for every replicate. The sums are then one per replicate.
   """
   data, spe, bs = task.data, task.durations.steps_per_epoch, task.batch_size
   optimizer, forward = sparsifier.tx, sparsifier.forward
@@ -190,6 +195,11 @@ def make_train_steps(task: Task, sparsifier: Sparsifier) -> Callable:
     perm = data_lib.epoch_permutation(state["data_key"], state["step"] // spe, data.num_train)
     return (state, perm, jnp.float32(0), jnp.int32(0))
 
+  if axes is not None:
+    carry_axes = (axes, 0, 0, 0)
+    one_step = jax.vmap(one_step, in_axes=(None, carry_axes), out_axes=carry_axes)
+    start = jax.vmap(start, in_axes=(axes,), out_axes=carry_axes)
+
   if host_loop(task.model):
     start_jit, step_jit = jax.jit(start), jax.jit(one_step)
 
@@ -222,8 +232,9 @@ def host_loop(model: models.Model) -> bool:
   return any(leaf.ndim > 2 for leaf in jax.tree.leaves(params))
 
 
-def make_evaluate(task: Task) -> Callable:
-  """``evaluate(params, model_state) -> (mean loss, accuracy)`` on the whole test split."""
+def make_evaluate(task: Task, vectorized: bool = False) -> Callable:
+  """``evaluate(params, model_state) -> (mean loss, accuracy)`` on the whole test split; with
+  ``vectorized``, of replicates stacked along a leading axis (one loss and accuracy each)."""
   x, y = task.data.test_x, task.data.test_y
   n = x.shape[0]
   batch = min(EVAL_BATCH, n)
@@ -237,6 +248,9 @@ def make_evaluate(task: Task) -> Callable:
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
     return jnp.sum(losses * wb), jnp.sum((jnp.argmax(logits, -1) == yb) & wb)
 
+  if vectorized:
+    one = jax.vmap(one, in_axes=(0, 0, None, None, None))
+
   if host_loop(task.model):
     one_jit = jax.jit(one)
 
@@ -249,7 +263,7 @@ def make_evaluate(task: Task) -> Callable:
   @jax.jit
   def evaluate(params, model_state):
     losses, correct = lax.map(lambda args: one(params, model_state, *args), (xs, ys, weights))
-    return jnp.sum(losses) / n, jnp.sum(correct) / n
+    return jnp.sum(losses, axis=0) / n, jnp.sum(correct, axis=0) / n
 
   return evaluate
 
@@ -277,9 +291,36 @@ def density(masks: PyTree) -> float:
   return int(kept) / total
 
 
-def evaluate_state(evaluate: Callable, sparsifier: Sparsifier, state: dict):
-  """``evaluate`` on the network the state computes: its effective params."""
-  params = sparsifier.forward(state["params"], state["opt_state"], state["step"])
+@dataclasses.dataclass(frozen=True)
+class Replicates:
+  """Independent trainings stacked along a leading axis of one state, trained as one program.
+
+  ``axes`` is a pytree like the state: 0 for a stacked leaf, None for a leaf all replicates share
+  (the step counters); ``dirs`` holds each replicate's directory (its metrics and files).
+  """
+  axes: PyTree
+  dirs: tuple[str, ...]
+
+  @property
+  def n(self) -> int:
+    return len(self.dirs)
+
+  def take(self, tree: PyTree, i: int, axes: PyTree = None) -> PyTree:
+    """Replicate ``i`` of ``tree``, stacked along ``axes`` (default: the state's)."""
+    return jax.tree.map(lambda a, x: x if a is None else x[i],
+                        self.axes if axes is None else axes, tree,
+                        is_leaf=lambda a: a is None)
+
+
+def evaluate_state(evaluate: Callable, sparsifier: Sparsifier, state: dict,
+                   replicates: Replicates | None = None):
+  """``evaluate`` on the network the state computes: its effective params (of every replicate,
+  with ``evaluate`` from ``make_evaluate(task, vectorized=True)``)."""
+  forward = sparsifier.forward
+  if replicates is not None:
+    a = replicates.axes
+    forward = jax.vmap(forward, in_axes=(a["params"], a["opt_state"], a["step"]))
+  params = forward(state["params"], state["opt_state"], state["step"])
   return evaluate(params, state["model_state"])
 
 
@@ -331,8 +372,8 @@ def _format_eta(seconds: float) -> str:
 
 
 def train(task: Task, sparsifier: Sparsifier, train_steps: Callable, evaluate: Callable,
-          state: dict, workdir: str, *, end_step: int | None = None,
-          label: str = "") -> tuple[dict, dict]:
+          state: dict, workdir: str, *, end_step: int | None = None, label: str = "",
+          replicates: Replicates | None = None) -> tuple[dict, Any]:
   """Trains ``state`` up to ``end_step`` (default: the config's total), resuming from ``workdir``.
 
   ``train_steps`` is :func:`make_train_steps` of ``sparsifier``; ``evaluate`` is
@@ -343,87 +384,107 @@ def train(task: Task, sparsifier: Sparsifier, train_steps: Callable, evaluate: C
   ``metrics.jsonl``, ``tensorboard/``. An unreadable latest checkpoint is passed over for the one
   before it. SIGTERM (a preemption) saves a checkpoint at the end of the running chunk of steps
   and raises :class:`Preempted`.
+
+  With ``replicates`` (``train_steps`` and ``evaluate`` built for them), the state holds them
+  all: ``workdir`` gets the checkpoints, each replicate's directory its own ``metrics.jsonl`` and
+  ``tensorboard/``, what a separate training would write there, and the summary is a list with
+  one dict per replicate.
   """
   d = task.durations
   end = d.total if end_step is None else end_step
+  dirs = [workdir] if replicates is None else list(replicates.dirs)
+  views = ((lambda st: [st]) if replicates is None else
+           (lambda st: [replicates.take(st, i) for i in range(replicates.n)]))
+  each = lambda x: [float(v) for v in jnp.atleast_1d(x)]  # one value per replicate
   # jit keys its cache on whether arguments are committed to a device: a restored state is, a
   # freshly built one is not. Committing both lets every training share one compiled step.
   state = jax.device_put(state, jax.devices()[0])
-  os.makedirs(workdir, exist_ok=True)
+  for directory in dirs:
+    os.makedirs(directory, exist_ok=True)
   checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"))
   latest, state, saved = checkpoints.restore_latest(state, label)
-  record = Record(**saved)
+  saved = saved.get("replicates", [saved]) if saved else [{}] * len(dirs)
+  records = [Record(**r) for r in saved]
   if latest is not None:
     logging.info("%sresumed from the checkpoint at step %d", label, latest)
   step = int(state["step"])
-  writer = MetricWriter(workdir, latest)
-  start_wall = time.time() - record.wall_seconds
+  writers = [MetricWriter(directory, latest) for directory in dirs]
+  start_wall = time.time() - records[0].wall_seconds
   last_log_time, last_log_step = time.time(), step
+  labels = [label] if replicates is None else [f"{label}replicate {i}: " for i in range(len(dirs))]
 
   def next_event(s):
     return min(end, *((s // every + 1) * every for every in (d.eval_every, d.log_every,
                                                              d.checkpoint_every)))
 
+  def evaluate_now():
+    losses, accuracies = evaluate_state(evaluate, sparsifier, state, replicates)
+    return list(zip(each(losses), each(accuracies)))
+
   with contextlib.ExitStack() as stack:
     stack.enter_context(_stop_on_sigterm())
     stack.callback(checkpoints.close)
-    stack.callback(writer.close)
-    if not record.evals:
-      test_loss, test_acc = (float(v) for v in evaluate_state(evaluate, sparsifier, state))
-      record.evals.append([step, test_loss, test_acc])
-      writer.write(step, test_loss=test_loss, test_accuracy=test_acc)
+    for writer in writers:
+      stack.callback(writer.close)
+    if not records[0].evals:
+      for record, writer, (test_loss, test_acc) in zip(records, writers, evaluate_now()):
+        record.evals.append([step, test_loss, test_acc])
+        writer.write(step, test_loss=test_loss, test_accuracy=test_acc)
     while step < end:
       target = next_event(step)
       state, (l, c) = train_steps(state, target - step)
-      record.train_loss_sum += float(l)
-      record.train_correct += int(c)
-      record.train_steps += target - step
+      for record, loss_sum, correct in zip(records, each(l), each(c)):
+        record.train_loss_sum += loss_sum
+        record.train_correct += int(correct)
+        record.train_steps += target - step
       step = target
-      if not math.isfinite(record.train_loss_sum):
-        raise TrainingError(
-            f"{label}the training loss became {record.train_loss_sum} by step {step}; lower "
-            "learning_rate or check the data.")
-      metrics = {}
+      for record, prefix in zip(records, labels):
+        if not math.isfinite(record.train_loss_sum):
+          raise TrainingError(
+              f"{prefix}the training loss became {record.train_loss_sum} by step {step}; lower "
+              "learning_rate or check the data.")
+      rows = [{} for _ in dirs]
       if step % d.log_every == 0 or step == end:
         now = time.time()
         rate = (step - last_log_step) / max(now - last_log_time, 1e-9)
-        density_now = density(masks_of(sparsifier, state))
-        metrics.update(train_loss=record.train_loss_sum / record.train_steps,
-                       train_accuracy=record.train_correct / (record.train_steps * task.batch_size),
-                       density=density_now, steps_per_second=rate)
-        record.train_loss_sum, record.train_correct, record.train_steps = 0.0, 0, 0
+        for row, record, view in zip(rows, records, views(state)):
+          row.update(train_loss=record.train_loss_sum / record.train_steps,
+                     train_accuracy=record.train_correct / (record.train_steps * task.batch_size),
+                     density=density(masks_of(sparsifier, view)), steps_per_second=rate)
+          record.train_loss_sum, record.train_correct, record.train_steps = 0.0, 0, 0
         last_log_time, last_log_step = now, step
       if step % d.eval_every == 0 or step == end:
-        test_loss, test_acc = (float(v) for v in evaluate_state(evaluate, sparsifier, state))
-        record.evals.append([step, test_loss, test_acc])
-        metrics.update(test_loss=test_loss, test_accuracy=test_acc)
-      if metrics:
-        writer.write(step, **metrics)
-        if "train_loss" in metrics:
-          eta = (end - step) / max(metrics["steps_per_second"], 1e-9)
-          test = (f" | test acc {metrics['test_accuracy']:.4f}" if "test_accuracy" in metrics
-                  else "")
+        for row, record, (test_loss, test_acc) in zip(rows, records, evaluate_now()):
+          record.evals.append([step, test_loss, test_acc])
+          row.update(test_loss=test_loss, test_accuracy=test_acc)
+      for writer, row, prefix in zip(writers, rows, labels):
+        if not row:
+          continue
+        writer.write(step, **row)
+        if "train_loss" in row:
+          eta = (end - step) / max(row["steps_per_second"], 1e-9)
+          test = f" | test acc {row['test_accuracy']:.4f}" if "test_accuracy" in row else ""
           logging.info("%sstep %d/%d (%.0f%%) | loss %.4f acc %.4f%s | density %.4f | "
-                       "%.0f it/s | ETA %s", label, step, end, 100 * step / end,
-                       metrics["train_loss"], metrics["train_accuracy"], test,
-                       metrics["density"], metrics["steps_per_second"], _format_eta(eta))
+                       "%.0f it/s | ETA %s", prefix, step, end, 100 * step / end,
+                       row["train_loss"], row["train_accuracy"], test, row["density"],
+                       row["steps_per_second"], _format_eta(eta))
       stop = _STOP.is_set() and step < end
       if step % d.checkpoint_every == 0 or step == end or stop:
-        record.wall_seconds = time.time() - start_wall
-        checkpoints.save(step, state, dataclasses.asdict(record))
+        for record in records:
+          record.wall_seconds = time.time() - start_wall
+        saved = [dataclasses.asdict(r) for r in records]
+        checkpoints.save(step, state, saved[0] if replicates is None else {"replicates": saved})
       if stop:
         _STOP.clear()
         raise Preempted(f"{label}stopped by SIGTERM at step {step} of {end}; the checkpoint is "
                         f"saved in {workdir}: run the same command to resume.")
 
-  final_loss, final_acc = record.evals[-1][1], record.evals[-1][2]
-  masks = masks_of(sparsifier, state)
-  summary = {
-      "density": density(masks),
-      "test_accuracy": final_acc,
-      "test_loss": final_loss,
+  summaries = [{
+      "density": density(masks_of(sparsifier, view)),
+      "test_accuracy": record.evals[-1][2],
+      "test_loss": record.evals[-1][1],
       **record.best(),
       "steps": step,
       "wall_seconds": time.time() - start_wall,
-  }
-  return state, summary
+  } for record, view in zip(records, views(state))]
+  return state, summaries[0] if replicates is None else summaries

@@ -10,7 +10,10 @@ there) and returns the run's summary (also written to ``summary.json``). Options
 - ``restartable(workdir) -> bool``: whether a workdir holds nothing to resume, so that another
   config may replace it;
 - ``uses_sparsifier`` (default True): False for a protocol that makes its own masks (``imp``);
-  the config's ``sparsifier`` must then keep its default.
+  the config's ``sparsifier`` must then keep its default;
+- ``replicates`` (default False): the protocol runs the config's ``replicates`` (seeds
+  ``seed + i``, in ``replicate_<i>/``); ``vectorizes`` (default False): also as one vectorized
+  program (``vectorize=True``, :mod:`experiments.replicates`).
 
 Built in: ``train`` (one training with the config's sparsifier), ``imp`` (lottery tickets:
 iterative magnitude pruning with rewinding, its controls and instability) and ``structured``

@@ -54,7 +54,6 @@ KEYS = {
     "rewind": "0it",
     "reset_optimizer": True,         # OpenLTH re-creates the optimizer at every level
     "controls": (),                  # any of "reinit", "shuffle_layerwise", "shuffle_global"
-    "replicates": 1,
     "instability": False,            # linear mode connectivity of two copies at every level
     "instability_alphas": 30,
 }
@@ -287,7 +286,8 @@ def _instability(rep: Replicate, level: lottery.Level) -> dict:
 
 @PROTOCOLS.register("imp", keys=KEYS, validate=validate, check=check,
                     report=report.printed,
-                    extendable=("levels", "replicates"), uses_sparsifier=False)
+                    extendable=("levels", "replicates"), uses_sparsifier=False,
+                    replicates=True)
 def imp(setup: Setup) -> dict:
   """Runs (or resumes) the lottery-ticket experiment of ``setup``; its summary."""
   config, task = setup.config, setup.task

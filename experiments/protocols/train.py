@@ -10,14 +10,21 @@ Workdir layout::
   summary.json           sparsifier, density, test_accuracy, best_test_accuracy, early_stop_step, ...
                          and, for a sparsifier with ``hard_masks`` (PDP, STE), test_accuracy_hard,
                          test_loss_hard and density_hard: the network params * hard masks
+
+With ``replicates = N`` (:mod:`experiments.replicates`), ``replicate_<i>/`` holds the files above
+for the run with seed ``seed + i``; the workdir's own ``summary.json`` gives each replicate's
+results and their mean and standard deviation, and, with ``vectorize = True``, its
+``checkpoints/`` the stacked state of all replicates.
 """
 
 from __future__ import annotations
 
 import os
 
+import numpy as np
 from absl import logging
 
+from experiments import replicates as replicates_lib
 from experiments import trainer, workdir
 from experiments.registry import PROTOCOLS
 from experiments.setup import Setup
@@ -28,6 +35,10 @@ def report(summary: dict, directory: str) -> str:
   if "test_accuracy_hard" in summary:
     hard = (f" (hard-masked: {summary['test_accuracy_hard']:.4f} at density "
             f"{summary['density_hard']:.4f})")
+  if "replicates" in summary:
+    return (f"test accuracy {summary['test_accuracy']:.4f} +- {summary['test_accuracy_sd']:.4f} "
+            f"over {summary['replicates']} replicates (seeds {summary['seeds']}) at density "
+            f"{summary['density']:.4f}{hard}; results in {directory}/replicate_*")
   return (f"test accuracy {summary['test_accuracy']:.4f} at density {summary['density']:.4f}"
           f"{hard}; results in {directory}")
 
@@ -37,23 +48,81 @@ def restartable(directory: str) -> bool:
   return not workdir.holds_checkpoint(directory)
 
 
-@PROTOCOLS.register("train", report=report, restartable=restartable)
-def train(setup: Setup) -> dict:
-  """Trains one model from the seed's key with the config's sparsifier; its summary."""
-  config, task, data = setup.config, setup.task, setup.data
-  key = setup.key()
+def _header(config) -> dict:
+  return {"protocol": "train", "sparsifier": config.sparsifier, "method": config.sparsifier,
+          "model": config.model, "dataset": config.dataset, "seed": config.seed}
+
+
+def _finish(config, directory: str, summary: dict, sparsifier, state: dict, evaluate) -> dict:
+  """Writes a training's masks and summary (with the hard-masked evaluation) in ``directory``."""
+  workdir.save_masks(directory, state["params"], trainer.masks_of(sparsifier, state))
+  summary = {**_header(config), **summary, **trainer.evaluate_hard(evaluate, sparsifier, state)}
+  workdir.write_json(os.path.join(directory, "summary.json"), summary)
+  return summary
+
+
+def _train_one(setup: Setup, config, key, directory: str, label: str = "") -> dict:
+  task = setup.task
   params, model_state = setup.init(key)
   sparsifier = setup.sparsifier(params, model_state, key)
   state = trainer.init_state(params, model_state, sparsifier.tx, key)
-  logging.info("%s: %s on %s (%d train / %d test), %d steps of batch %d (%d per epoch)",
-               config.sparsifier, config.model, config.dataset, data.num_train, data.num_test,
-               task.durations.total, config.batch_size, task.durations.steps_per_epoch)
   evaluate = trainer.make_evaluate(task)
   state, summary = trainer.train(task, sparsifier, trainer.make_train_steps(task, sparsifier),
-                                 evaluate, state, setup.workdir)
-  workdir.save_masks(setup.workdir, state["params"], trainer.masks_of(sparsifier, state))
-  summary = {"protocol": "train", "sparsifier": config.sparsifier, "method": config.sparsifier,
-             "model": config.model, "dataset": config.dataset, "seed": config.seed, **summary,
-             **trainer.evaluate_hard(evaluate, sparsifier, state)}
+                                 evaluate, state, directory, label=label)
+  return _finish(config, directory, summary, sparsifier, state, evaluate)
+
+
+def _train_vectorized(setup: Setup, configs: list, dirs: list[str]) -> list[dict]:
+  task = setup.task
+  keys = [setup.key(i) for i in range(len(dirs))]
+  sparsifiers, states = [], []
+  for key in keys:
+    params, model_state = setup.init(key)
+    sparsifiers.append(setup.sparsifier(params, model_state, key))
+    states.append(trainer.init_state(params, model_state, sparsifiers[-1].tx, key))
+  replicates_lib.check_shared(setup.config.sparsifier, sparsifiers, states)
+  stacked, axes = replicates_lib.stack(states)
+  replicates = trainer.Replicates(axes, tuple(dirs))
+  sparsifier = sparsifiers[0]
+  state, summaries = trainer.train(
+      task, sparsifier, trainer.make_train_steps(task, sparsifier, axes),
+      trainer.make_evaluate(task, vectorized=True), stacked, setup.workdir, replicates=replicates)
+  evaluate = trainer.make_evaluate(task)
+  return [_finish(config, directory, summary, sparsifier, replicates.take(state, i), evaluate)
+          for i, (config, directory, summary) in enumerate(zip(configs, dirs, summaries))]
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+  return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+@PROTOCOLS.register("train", report=report, restartable=restartable, replicates=True,
+                    vectorizes=True)
+def train(setup: Setup) -> dict:
+  """Trains one model from the seed's key with the config's sparsifier; its summary. With
+  ``replicates`` > 1, one per seed ``seed + i`` (vectorized with ``vectorize``)."""
+  config, task, data = setup.config, setup.task, setup.data
+  logging.info("%s: %s on %s (%d train / %d test), %d steps of batch %d (%d per epoch)%s",
+               config.sparsifier, config.model, config.dataset, data.num_train, data.num_test,
+               task.durations.total, config.batch_size, task.durations.steps_per_epoch,
+               f", {config.replicates} replicates" + (" vectorized" if config.vectorize else "")
+               if config.replicates > 1 else "")
+  if config.replicates == 1:
+    return _train_one(setup, config, setup.key(), setup.workdir)
+  n = config.replicates
+  configs = [replicates_lib.replicate_config(config, i) for i in range(n)]
+  dirs = [replicates_lib.replicate_dir(setup.workdir, i) for i in range(n)]
+  for single, directory in zip(configs, dirs):
+    workdir.prepare(directory, single, restartable=restartable)
+  if config.vectorize:
+    summaries = _train_vectorized(setup, configs, dirs)
+  else:
+    summaries = [_train_one(setup, single, setup.key(i), directory, f"replicate {i}: ")
+                 for i, (single, directory) in enumerate(zip(configs, dirs))]
+  summary = {**_header(config), "replicates": n, "vectorize": config.vectorize,
+             "seeds": [c.seed for c in configs], "runs": summaries}
+  for key in ("test_accuracy", "test_loss", "density", "test_accuracy_hard", "density_hard"):
+    if key in summaries[0]:
+      summary[key], summary[f"{key}_sd"] = _mean_sd([s[key] for s in summaries])
   workdir.write_json(os.path.join(setup.workdir, "summary.json"), summary)
   return summary
