@@ -76,17 +76,7 @@ MODELS = {
 VARIANTS = ("dense", "pdp", "pdp 2:4", "ste", "ste 2:4", "pdp sort")
 
 
-@functools.lru_cache(maxsize=1)
-def synthetic_data(input_shape, num_train: int, num_classes: int = 10) -> data_lib.Dataset:
-  """Random normalized images and labels in device memory, shaped like the real dataset."""
-  k = jax.random.split(jax.random.key(123), 4)
-  return data_lib.Dataset(
-      name="synthetic",
-      train_x=jax.random.normal(k[0], (num_train, *input_shape), jnp.float32),
-      train_y=jax.random.randint(k[1], (num_train,), 0, num_classes, jnp.int32),
-      test_x=jax.random.normal(k[2], (100, *input_shape), jnp.float32),
-      test_y=jax.random.randint(k[3], (100,), 0, num_classes, jnp.int32),
-      num_classes=num_classes)
+synthetic_data = functools.lru_cache(maxsize=1)(data_lib.synthetic)
 
 
 def variant_config(model: str, variant: str):

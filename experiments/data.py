@@ -405,6 +405,20 @@ def _load_tfds(name: str, data_dir, train_subset: int | None, test_subset: int |
 # Batching and augmentation: pure, jit-friendly, on device.
 
 
+def synthetic(input_shape: Sequence[int], num_train: int, num_test: int = 100,
+              num_classes: int = 10, seed: int = 123) -> Dataset:
+  """Random standard-normal images and uniform labels, shaped like a real dataset: for
+  benchmarks that time steps and need nothing loaded (nothing to learn in them)."""
+  k = jax.random.split(jax.random.key(seed), 4)
+  return Dataset(
+      name="synthetic",
+      train_x=jax.random.normal(k[0], (num_train, *input_shape), jnp.float32),
+      train_y=jax.random.randint(k[1], (num_train,), 0, num_classes, jnp.int32),
+      test_x=jax.random.normal(k[2], (num_test, *input_shape), jnp.float32),
+      test_y=jax.random.randint(k[3], (num_test,), 0, num_classes, jnp.int32),
+      num_classes=num_classes)
+
+
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
   """Full batches in one epoch (the last partial batch is dropped)."""
   if batch_size < 1:

@@ -197,8 +197,11 @@ def make_train_steps(task: Task, sparsifier: Sparsifier, axes: PyTree = None) ->
 
   if axes is not None:
     carry_axes = (axes, 0, 0, 0)
-    one_step = jax.vmap(one_step, in_axes=(None, carry_axes), out_axes=carry_axes)
     start = jax.vmap(start, in_axes=(axes,), out_axes=carry_axes)
+    if host_loop(task.model):
+      one_step = _unrolled(one_step, carry_axes)
+    else:
+      one_step = jax.vmap(one_step, in_axes=(None, carry_axes), out_axes=carry_axes)
 
   if host_loop(task.model):
     start_jit, step_jit = jax.jit(start), jax.jit(one_step)
@@ -218,6 +221,25 @@ def make_train_steps(task: Task, sparsifier: Sparsifier, axes: PyTree = None) ->
     return state, (loss_sum, correct)
 
   return train_steps
+
+
+def _unrolled(one_step: Callable, carry_axes: PyTree) -> Callable:
+  """``one_step`` of stacked replicates as a Python loop over them inside one program: for
+  convolutional models on CPU, where ``vmap`` turns each convolution over N kernels into a
+  grouped convolution that XLA:CPU runs several times slower than N plain ones. The shared
+  leaves (step counters) are the same in every replicate's result; the first one's is kept."""
+  is_shared = lambda a: a is None
+
+  def step(i, carry):
+    n = next(x.shape[0] for a, x in zip(jax.tree.leaves(carry_axes, is_leaf=is_shared),
+                                        jax.tree.leaves(carry)) if a == 0)
+    take = lambda r: jax.tree.map(lambda a, x: x if a is None else x[r], carry_axes, carry,
+                                  is_leaf=is_shared)
+    outs = [one_step(i, take(r)) for r in range(n)]
+    return jax.tree.map(lambda a, *xs: xs[0] if a is None else jnp.stack(xs), carry_axes, *outs,
+                        is_leaf=is_shared)
+
+  return step
 
 
 def host_loop(model: models.Model) -> bool:
@@ -248,7 +270,15 @@ def make_evaluate(task: Task, vectorized: bool = False) -> Callable:
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
     return jnp.sum(losses * wb), jnp.sum((jnp.argmax(logits, -1) == yb) & wb)
 
-  if vectorized:
+  if vectorized and host_loop(task.model):  # N plain convolutions, see _unrolled
+    single = one
+
+    def one(params, model_state, xb, yb, wb):
+      n = jax.tree.leaves(params)[0].shape[0]
+      sums = [single(*jax.tree.map(lambda x: x[r], (params, model_state)), xb, yb, wb)
+              for r in range(n)]
+      return tuple(jnp.stack(column) for column in zip(*sums))
+  elif vectorized:
     one = jax.vmap(one, in_axes=(0, 0, None, None, None))
 
   if host_loop(task.model):

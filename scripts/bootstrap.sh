@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent environment setup: a .venv with sparsejax installed editable with the extras the
-# runner (experiments) and the tests (dev) need; experiments/ and configs/ run from the checkout.
+# runner (experiments), the tests (dev) and the Ray sweep launcher (sweep) need; experiments/ and
+# configs/ run from the checkout.
 # Reinstalls only when pyproject.toml or EXTRAS changed since the last successful install (their
 # sha256 is kept in .venv/.install.sha256), so a second run returns in well under a second.
 set -euo pipefail
@@ -9,7 +10,7 @@ trap 'echo "scripts/bootstrap.sh: failed (line $LINENO); see the error above." >
 
 VENV=.venv
 STAMP="$VENV/.install.sha256"
-EXTRAS="experiments,dev"
+EXTRAS="experiments,dev,sweep"
 PYTHON="${PYTHON:-python3}"
 
 # Two scripts bootstrapping at once (e.g. quickstart and test) wait for each other.

@@ -153,10 +153,40 @@ def top_k_masks(keys: Sequence[jax.Array], k: jax.Array) -> list[jax.Array]:
   k = jnp.clip(jnp.asarray(k, jnp.int32), 0, n)
   b = _bracket(keys, k)
   r = k - b.c_hi  # how many to take from [lo, hi)
-  all_of_bracket = lambda *_: [(key >= b.lo) & (key < b.hi) for key in keys]
-  taken = lax.cond(b.c_lo == k, all_of_bracket, _first_ties, keys, b, r)
+  taken = _taken(list(keys), b, k, r)
   # Excluded entries (key 0) are taken only when k exceeds the eligible count: drop them.
   return [((key >= b.hi) | t) & (key != _EXCLUDED_KEY) for key, t in zip(keys, taken)]
+
+
+def _all_of_bracket(keys: Sequence[jax.Array], b: _Bracket) -> list[jax.Array]:
+  return [(key >= b.lo) & (key < b.hi) for key in keys]
+
+
+@jax.custom_batching.custom_vmap
+def _taken(keys: list[jax.Array], b: _Bracket, k: jax.Array, r: jax.Array) -> list[jax.Array]:
+  """The entries of [lo, hi) to keep: all of them, unless ties at lo straddle k (then the first
+  r of them, :func:`_first_ties`, a cumulative sum over the keys)."""
+  return lax.cond(b.c_lo == k, lambda: _all_of_bracket(keys, b), lambda: _first_ties(keys, b, r))
+
+
+@_taken.def_vmap
+def _taken_batched(axis_size, in_batched, keys, b, k, r):
+  """Under ``vmap`` (replicates) ``lax.cond`` would compute both branches for every replicate:
+  the tie branch's cumulative sums run only when some replicate has ties."""
+  def batched(x, is_batched):
+    return x if is_batched else jnp.broadcast_to(x, (axis_size, *jnp.shape(x)))
+
+  keys, b, k, r = jax.tree.map(batched, (keys, b, k, r), tuple(in_batched))
+  ties = b.c_lo != k
+  plain = jax.vmap(_all_of_bracket)(keys, b)
+
+  def with_ties():
+    first = jax.vmap(_first_ties)(keys, b, r)
+    return [jnp.where(ties.reshape((-1,) + (1,) * (p.ndim - 1)), f, p)
+            for f, p in zip(first, plain)]
+
+  out = lax.cond(jnp.any(ties), with_ties, lambda: plain)
+  return out, [True] * len(out)
 
 
 @jax.jit

@@ -15,6 +15,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
      "mask-update step / ordinary step"),
     ("throughput.py", ["--epochs", "1", "--dataset", "digits"], "random    end to end"),
     ("imp_level.py", ["--epochs", "1", "--dataset", "digits"], "one IMP level"),
+    ("replicates.py", ["--replicates", "2", "--rounds", "1", "--steps", "3", "--models",
+                       "digits,conv2"], "| conv2 (conv2, 28x28, batch 16) | 2 |"),
     ("pdp_step.py", ["--rounds", "1", "--steps", "2", "--models", "lenet300"],
      "| LeNet-300-100 | pdp sort |"),
 ])

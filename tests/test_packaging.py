@@ -1,6 +1,7 @@
 """Packaging: ``pip install sparsejax`` installs only the library, with only the dependencies it
 imports and its Apache-2.0 license; the runner's dependencies sit in the ``experiments`` extra and
-the tests' in ``dev``. The wheel is built offline from a copy of the checkout."""
+the tests' in ``dev``, Ray (the sweep launcher's) in ``sweep``. The wheel is built offline from a
+copy of the checkout."""
 
 import ast
 import email
@@ -28,6 +29,7 @@ RUNNER_DEPENDENCIES = {
     "absl-py",
 }
 TEST_DEPENDENCIES = {"pytest", "pytest-xdist", "hypothesis", "chex"}
+SWEEP_DEPENDENCIES = {"ray"}
 
 
 def _canonical(name):
@@ -134,7 +136,7 @@ def test_wheel_ships_the_apache_license(wheel):
 
 def test_requirements_split_into_library_experiments_and_dev(wheel):
   metadata = _metadata(wheel)
-  assert set(metadata.get_all("Provides-Extra")) == {"experiments", "dev"}
+  assert set(metadata.get_all("Provides-Extra")) == {"experiments", "dev", "sweep"}
   by_extra = {}
   for spec in metadata.get_all("Requires-Dist"):
     name, extra = _requirement(spec)
@@ -142,7 +144,8 @@ def test_requirements_split_into_library_experiments_and_dev(wheel):
   assert by_extra[None] == _declared() == {"jax", "optax", "numpy"}
   assert by_extra["experiments"] == RUNNER_DEPENDENCIES
   assert TEST_DEPENDENCIES <= by_extra["dev"]
-  assert not (by_extra["experiments"] | by_extra["dev"]) & by_extra[None]
+  assert by_extra["sweep"] == SWEEP_DEPENDENCIES
+  assert not (by_extra["experiments"] | by_extra["dev"] | by_extra["sweep"]) & by_extra[None]
 
 
 def test_library_imports_exactly_its_core_dependencies():
@@ -154,8 +157,9 @@ def test_library_imports_exactly_its_core_dependencies():
 def test_runner_and_tests_import_only_declared_dependencies():
   checkout = {"__future__"} | {path.name for path in ROOT.iterdir() if path.is_dir()}
   runner = _imported_distributions(RUNNER_DIRS, checkout)
-  assert set(runner) <= _declared("experiments"), runner
+  assert set(runner) <= _declared("experiments", "sweep"), runner
+  assert SWEEP_DEPENDENCIES <= set(runner), "a sweep dependency nothing imports"
   assert RUNNER_DEPENDENCIES <= set(runner), "an experiments dependency nothing imports"
   helpers = {path.stem for path in (ROOT / "tests").glob("*.py")}
   tests = _imported_distributions(["tests"], checkout | helpers)
-  assert set(tests) <= _declared("experiments", "dev"), tests
+  assert set(tests) <= _declared("experiments", "dev", "sweep"), tests

@@ -3,6 +3,7 @@
 import chex
 import hypothesis.extra.numpy as hnp
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -215,3 +216,36 @@ class JitTest(chex.TestCase):
     flat = np.concatenate([np.ravel(ma), np.ravel(mb)])
     expected = reference_top_k(np.concatenate([self.a.ravel(), self.b.ravel()]), k)
     np.testing.assert_array_equal(flat, expected)
+
+
+_vmapped = jax.jit(jax.vmap(lambda scores, k: selection.top_k_masks(
+    [selection.order_keys(scores)], k)[0]))
+
+
+@SETTINGS
+@given(hnp.arrays(np.float32, (3, 7), elements=VALUES), st.lists(st.integers(0, 7), min_size=3,
+                                                                  max_size=3))
+def test_vmap_over_replicates_is_exact_with_and_without_ties(scores, ks):
+  """Under vmap (replicates: one array and one k each) the selection is the per-replicate one,
+  whether some replicates, all or none have ties at their k-th score (its batching rule runs the
+  tie branch only when some replicate needs it)."""
+  got = np.asarray(_vmapped(jnp.asarray(scores), jnp.asarray(ks, jnp.int32)))
+  for row, k, keep in zip(scores, ks, got):
+    np.testing.assert_array_equal(keep, reference_top_k(row, k))
+
+
+def test_vmap_without_ties_runs_no_cumulative_sum():
+  """The tie branch (a cumsum over the keys) sits behind one unbatched cond under vmap."""
+  jaxpr = jax.make_jaxpr(jax.vmap(lambda s, k: selection.top_k_masks(
+      [selection.order_keys(s)], k)[0]))(jnp.ones((3, 7)), jnp.ones(3, jnp.int32))
+  found = []
+
+  def walk(j, inside_cond=False):
+    for eqn in j.eqns:
+      if eqn.primitive.name == "cumsum":
+        found.append(inside_cond)
+      for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+        walk(sub, inside_cond or eqn.primitive.name == "cond")
+
+  walk(jaxpr.jaxpr)
+  assert found and all(found), "a cumsum outside the tie branch's cond"
