@@ -251,15 +251,24 @@ def test_apply_masks_prunable_leaves_only():
   assert out["conv"]["kernel"] is params["conv"]["kernel"]
 
 
+@jax.jit
+def _with_and_without_thresholds(params, sparsity):
+  out = {}
+  for scope in pdp.SCOPES:
+    t = pdp.thresholds(params, sparsity, scope=scope)
+    out[scope] = [(pdp.apply(params, sparsity, 1e-2, scope=scope, thresholds=t),
+                   pdp.soft_masks(params, sparsity, 1e-2, scope=scope, thresholds=t)),
+                  (pdp.apply(params, sparsity, 1e-2, scope=scope),
+                   pdp.soft_masks(params, sparsity, 1e-2, scope=scope))]
+  return out
+
+
 @SETTINGS
-@given(tied_params(), st.floats(0.0, 0.99), st.sampled_from(pdp.SCOPES))
-def test_precomputed_thresholds_give_the_same_bits(params, sparsity, scope):
+@given(tied_params(), st.floats(0.0, 0.99))
+def test_precomputed_thresholds_give_the_same_bits(params, sparsity):
   """apply / soft_masks with thresholds(params) are exactly the ones that search themselves."""
-  t = pdp.thresholds(params, sparsity, scope=scope)
-  chex.assert_trees_all_equal(pdp.apply(params, sparsity, 1e-2, scope=scope, thresholds=t),
-                              pdp.apply(params, sparsity, 1e-2, scope=scope))
-  chex.assert_trees_all_equal(pdp.soft_masks(params, sparsity, 1e-2, scope=scope, thresholds=t),
-                              pdp.soft_masks(params, sparsity, 1e-2, scope=scope))
+  for scope, (given_t, searched) in _with_and_without_thresholds(params, sparsity).items():
+    chex.assert_trees_all_equal(given_t, searched, custom_message=scope)
 
 
 def test_thresholds_by_hand_and_their_shapes():
@@ -336,14 +345,14 @@ def test_jit_compiles_once_for_every_sparsity():
 def test_vmap_over_stacked_params(scope):
   replicates = [distinct_params(seed) for seed in range(3)]
   stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *replicates)
-  soft = jax.vmap(lambda p: pdp.apply(p, 0.7, 1e-3, scope=scope))(stacked)
-  hard = jax.vmap(lambda p: pdp.hard_masks(p, 0.7, scope=scope))(stacked)
+  both = jax.jit(lambda p: (pdp.apply(p, 0.7, 1e-3, scope=scope),
+                             pdp.hard_masks(p, 0.7, scope=scope)))
+  soft, hard = jax.jit(jax.vmap(both))(stacked)
   for i, p in enumerate(replicates):
-    chex.assert_trees_all_close(masks_lib.replicate(soft, i), pdp.apply(p, 0.7, 1e-3, scope=scope),
-                                rtol=1e-6)
+    one_soft, one_hard = both(p)
+    chex.assert_trees_all_close(masks_lib.replicate(soft, i), one_soft, rtol=1e-6)
     for name in NAMES:
-      np.testing.assert_array_equal(kernel(hard, name)[i],
-                                    kernel(pdp.hard_masks(p, 0.7, scope=scope), name))
+      np.testing.assert_array_equal(kernel(hard, name)[i], kernel(one_hard, name))
 
 
 def _sorts(jaxpr):

@@ -16,21 +16,21 @@ from experiments.parsing import ConfigError
 from test_runner import digits_config, read_masks
 from workdir_files import read_json, read_metrics
 
-# 44 steps of batch 64 on digits (22 per epoch), the methods' schedules inside them.
+# 30 steps of batch 64 on digits (22 per epoch), the methods' schedules inside them.
 METHODS = {
     "dense": {},
-    "magnitude": {"final_sparsity": 0.8, "pruning_begin": "5it", "pruning_end": "30it",
-                  "pruning_frequency": "5it"},
+    "magnitude": {"final_sparsity": 0.8, "pruning_begin": "3it", "pruning_end": "20it",
+                  "pruning_frequency": "4it"},
     "random": {"final_sparsity": 0.8, "distribution": "erk"},
     "snip": {"final_sparsity": 0.8},
-    "pdp": {"final_sparsity": 0.8, "pdp_warmup": "1ep", "pdp_rate": 1.0},
-    "ste": {"final_sparsity": 0.8, "pdp_warmup": "1ep", "pdp_rate": 1.0},
+    "pdp": {"final_sparsity": 0.8, "pdp_warmup": "10it", "pdp_rate": 1.0},
+    "ste": {"final_sparsity": 0.8, "pdp_warmup": "10it", "pdp_rate": 1.0},
 }
 
 
 def config(sparsifier, **overrides):
-  events = {"steps": "44it", "eval_every": "22it", "log_every": "22it",
-            "checkpoint_every": "22it"}
+  events = {"steps": "30it", "eval_every": "15it", "log_every": "15it",
+            "checkpoint_every": "15it"}
   return digits_config(**{**events, "sparsifier": sparsifier, **METHODS[sparsifier],
                           **overrides})
 
@@ -123,22 +123,23 @@ def _equations(jaxpr):
 
 def test_vectorized_run_resumes_from_its_stacked_checkpoint(tmp_path_factory, tmp_path):
   _, uninterrupted = run_once(tmp_path_factory, "pdp", True)
-  trainer.request_stop()  # the first chunk (22 steps) checkpoints and stops
+  trainer.request_stop()  # the first chunk (15 steps: past the warm-up) checkpoints and stops
   with pytest.raises(trainer.Preempted):
     experiment.run(config("pdp", replicates=2, vectorize=True), str(tmp_path))
-  assert (tmp_path / "checkpoints" / "22").is_dir()
+  assert (tmp_path / "checkpoints" / "15").is_dir()
   resumed = experiment.run(config("pdp", replicates=2, vectorize=True), str(tmp_path))
   for a, b in zip(resumed["runs"], uninterrupted["runs"]):
     for key in ("test_accuracy", "test_loss", "density_hard", "test_accuracy_hard"):
       assert a[key] == b[key], key
   rows = read_metrics(tmp_path / "replicate_1" / "metrics.jsonl")
-  assert [r["step"] for r in rows] == [0, 22, 44]  # nothing logged twice
+  assert [r["step"] for r in rows] == [0, 15, 30]  # nothing logged twice
 
 
 def test_convolutional_replicates_dispatched_from_the_host(tmp_path):
   """Conv models on CPU run one jitted (vmapped) step per call: same results."""
-  overrides = dict(model="conv2", batch_size=32, steps="12it", eval_every="6it", log_every="6it",
-                   checkpoint_every="12it", replicates=2)
+  overrides = dict(model="conv2", batch_size=16, steps="8it", eval_every="4it", log_every="4it",
+                   checkpoint_every="8it", pruning_begin="1it", pruning_end="6it",
+                   pruning_frequency="2it", replicates=2)
   seq = experiment.run(config("magnitude", **overrides, vectorize=False), str(tmp_path / "seq"))
   vec = experiment.run(config("magnitude", **overrides, vectorize=True), str(tmp_path / "vec"))
   assert_same_replicates(tmp_path / "seq", seq, tmp_path / "vec", vec)
