@@ -29,8 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 SMOKE_CONFIG = str(REPO / "configs" / "digits_smoke.py")
 TABLE_CONFIG = str(REPO / "configs" / "table_lenet300_fashion.py")
 STEPS = 200
-# digits_smoke's sweep at 200 iterations, an evaluation every 100 and a checkpoint every 10: a point
-# takes some seconds, mostly compiling; after its first checkpoint, 19 more checkpoints leave a
+# digits_smoke's sweep at 200 iterations, an evaluation every 100 and a checkpoint every 20: a point
+# takes some seconds, mostly compiling; after its first checkpoint, 9 more checkpoints leave a
 # few seconds in which a kill stops it in the middle, with a checkpoint to resume from.
 SHORT_CONFIG = f'''"""digits_smoke, {STEPS} iterations, and its 4-point sweep."""
 from configs import digits_smoke
@@ -40,7 +40,7 @@ def get_config():
   config = digits_smoke.get_config()
   config.steps = "{STEPS}it"
   config.eval_every = config.log_every = "100it"
-  config.checkpoint_every = "10it"
+  config.checkpoint_every = "20it"
   config.pruning_end = "120it"
   config.pruning_frequency = "20it"
   return config
