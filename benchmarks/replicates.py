@@ -60,12 +60,7 @@ def build(name: str, n: int, sparsifier: str = "magnitude"):
   config = config_lib.finalize(config)
   task = setup_lib.build_task(config, data_lib.synthetic(shape, 6000))
   setup = setup_lib.Setup(config, "", task, setup_lib.masks_lib.rule())
-  sparsifiers, states = [], []
-  for i in range(n):
-    key = setup.key(i)
-    params, model_state = setup.init(key)
-    sparsifiers.append(setup.sparsifier(params, model_state, key))
-    states.append(trainer.init_state(params, model_state, sparsifiers[-1].tx, key))
+  sparsifiers, states = replicates.initial(setup, n)
   stacked, axes = replicates.stack(states)
   all_batched = jax.tree.map(lambda _: 0, axes, is_leaf=lambda a: a is None)
   batched_state = jax.tree.map(lambda a, x: x if a == 0 else jax.numpy.stack([x] * n),

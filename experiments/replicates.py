@@ -54,6 +54,18 @@ def replicate_config(config: ml_collections.ConfigDict, i: int) -> ml_collection
   return single
 
 
+def initial(setup, n: int) -> tuple[list[Sparsifier], list[dict]]:
+  """The sparsifier and step-0 state of each of the ``n`` replicates of ``setup`` (replicate i
+  from ``setup.key(i)``), as the separate runs build them."""
+  sparsifiers, states = [], []
+  for i in range(n):
+    key = setup.key(i)
+    params, model_state = setup.init(key)
+    sparsifiers.append(setup.sparsifier(params, model_state, key))
+    states.append(trainer.init_state(params, model_state, sparsifiers[-1].tx, key))
+  return sparsifiers, states
+
+
 def _shared(leaves: list) -> bool:
   first = leaves[0]
   if jnp.ndim(first) != 0 or not jnp.issubdtype(jnp.result_type(first), jnp.integer):

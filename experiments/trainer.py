@@ -223,21 +223,25 @@ def make_train_steps(task: Task, sparsifier: Sparsifier, axes: PyTree = None) ->
   return train_steps
 
 
+def _is_shared(axis) -> bool:
+  return axis is None
+
+
+def take(tree: PyTree, axes: PyTree, i: int) -> PyTree:
+  """Replicate ``i`` of ``tree``, stacked along ``axes`` (0, or None for a shared leaf)."""
+  return jax.tree.map(lambda a, x: x if a is None else x[i], axes, tree, is_leaf=_is_shared)
+
+
 def _unrolled(one_step: Callable, carry_axes: PyTree) -> Callable:
   """``one_step`` of stacked replicates as a Python loop over them inside one program: for
   convolutional models on CPU, where ``vmap`` turns each convolution over N kernels into a
   grouped convolution that XLA:CPU runs several times slower than N plain ones. The shared
   leaves (step counters) are the same in every replicate's result; the first one's is kept."""
-  is_shared = lambda a: a is None
-
   def step(i, carry):
-    n = next(x.shape[0] for a, x in zip(jax.tree.leaves(carry_axes, is_leaf=is_shared),
-                                        jax.tree.leaves(carry)) if a == 0)
-    take = lambda r: jax.tree.map(lambda a, x: x if a is None else x[r], carry_axes, carry,
-                                  is_leaf=is_shared)
-    outs = [one_step(i, take(r)) for r in range(n)]
+    n = carry[1].shape[0]  # the stacked data orders
+    outs = [one_step(i, take(carry, carry_axes, r)) for r in range(n)]
     return jax.tree.map(lambda a, *xs: xs[0] if a is None else jnp.stack(xs), carry_axes, *outs,
-                        is_leaf=is_shared)
+                        is_leaf=_is_shared)
 
   return step
 
@@ -335,11 +339,9 @@ class Replicates:
   def n(self) -> int:
     return len(self.dirs)
 
-  def take(self, tree: PyTree, i: int, axes: PyTree = None) -> PyTree:
-    """Replicate ``i`` of ``tree``, stacked along ``axes`` (default: the state's)."""
-    return jax.tree.map(lambda a, x: x if a is None else x[i],
-                        self.axes if axes is None else axes, tree,
-                        is_leaf=lambda a: a is None)
+  def take(self, state: dict, i: int) -> dict:
+    """Replicate ``i`` of the stacked ``state``."""
+    return take(state, self.axes, i)
 
 
 def evaluate_state(evaluate: Callable, sparsifier: Sparsifier, state: dict,

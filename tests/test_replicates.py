@@ -95,12 +95,8 @@ def test_step_counters_are_shared_so_pruning_stays_a_branch():
   c = config("magnitude", replicates=2, vectorize=True)
   from experiments import config as config_lib, setup as setup_lib
   setup = setup_lib.build(config_lib.finalize(c), "")
-  states = []
-  for i in range(2):
-    key = setup.key(i)
-    params, model_state = setup.init(key)
-    sparsifier = setup.sparsifier(params, model_state, key)
-    states.append(trainer.init_state(params, model_state, sparsifier.tx, key))
+  sparsifiers, states = replicates.initial(setup, 2)
+  sparsifier = sparsifiers[0]
   stacked, axes = replicates.stack(states)
   assert axes["step"] is None
   counts = [a for a, x in zip(jax.tree.leaves(axes, is_leaf=lambda a: a is None),
@@ -142,19 +138,15 @@ def test_convolutional_replicates_dispatched_from_the_host():
              pruning_frequency="2it", replicates=2, vectorize=True)
   setup = setup_lib.build(config_lib.finalize(c), "")
   assert trainer.host_loop(setup.model)
-  states = []
-  for i in range(2):
-    key = setup.key(i)
-    params, model_state = setup.init(key)
-    sparsifier = setup.sparsifier(params, model_state, key)
-    states.append(trainer.init_state(params, model_state, sparsifier.tx, key))
+  sparsifiers, states = replicates.initial(setup, 2)
+  sparsifier = sparsifiers[0]
   stacked, axes = replicates.stack(states)
   single = trainer.make_train_steps(setup.task, sparsifier)
   stacked, (loss_sums, _) = trainer.make_train_steps(setup.task, sparsifier, axes)(stacked, 7)
   for i, state in enumerate(states):
     state, (loss_sum, _) = single(state, 7)
     np.testing.assert_allclose(loss_sums[i], loss_sum, rtol=1e-5)
-    view = trainer.Replicates(axes, ("a", "b")).take(stacked, i)
+    view = trainer.take(stacked, axes, i)
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6),
                  view["params"], state["params"])
     masks = [np.asarray(m) for m in jax.tree.leaves(trainer.masks_of(sparsifier, view))]

@@ -74,12 +74,7 @@ def _train_one(setup: Setup, config, key, directory: str, label: str = "") -> di
 
 def _train_vectorized(setup: Setup, configs: list, dirs: list[str]) -> list[dict]:
   task = setup.task
-  keys = [setup.key(i) for i in range(len(dirs))]
-  sparsifiers, states = [], []
-  for key in keys:
-    params, model_state = setup.init(key)
-    sparsifiers.append(setup.sparsifier(params, model_state, key))
-    states.append(trainer.init_state(params, model_state, sparsifiers[-1].tx, key))
+  sparsifiers, states = replicates_lib.initial(setup, len(dirs))
   replicates_lib.check_shared(setup.config.sparsifier, sparsifiers, states)
   stacked, axes = replicates_lib.stack(states)
   replicates = trainer.Replicates(axes, tuple(dirs))
