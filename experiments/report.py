@@ -119,6 +119,11 @@ def plot(summary: dict, path: str) -> None:
   ax.set_title(f"{summary['model']} on {summary['dataset']} ({summary['replicates']} replicates)")
   ax.grid(True, which="both", alpha=0.3)
   ax.legend(fontsize=8)
+  save_png(fig, path)
+
+
+def save_png(fig, path: str) -> None:
+  """Writes a matplotlib figure as a PNG, atomically (:mod:`experiments.workdir`), and closes it."""
   fig.tight_layout()
   buffer = io.BytesIO()
   fig.savefig(buffer, format="png", dpi=120)

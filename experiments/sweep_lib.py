@@ -775,11 +775,7 @@ def plot(rows: Sequence[dict], path: str, title: str) -> None:
   ax.grid(True, which="both", alpha=0.3)
   if against_sparsity and lines:
     ax.legend(fontsize=8)
-  fig.tight_layout()
-  buffer = io.BytesIO()
-  fig.savefig(buffer, format="png", dpi=120)
-  plt.close(fig)
-  workdir_lib.write_bytes(path, buffer.getvalue())
+  report_lib.save_png(fig, path)
 
 
 def write_report(root: str, points: Sequence[Point], title: str) -> str:
