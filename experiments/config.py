@@ -23,6 +23,7 @@ import os
 import ml_collections
 
 from experiments import group_sparsifiers, models, parsing, protocols, sparsifiers  # noqa: F401
+from experiments import parallel as parallel_lib
 from experiments import pdp_sparsifiers  # noqa: F401  (registers pdp and ste)
 from experiments.parsing import ConfigError, parse_duration, parse_overrides  # noqa: F401
 from experiments.registry import PROTOCOLS, SPARSIFIERS
@@ -50,6 +51,11 @@ def runner_defaults() -> ml_collections.ConfigDict:
   c.replicates = 1                # N > 1: the runs with seeds seed .. seed + N - 1
   c.vectorize = False             # train the replicates as one program (jax.vmap)
   c.augment = False               # random crop + flip (CIFAR-style models)
+  c.mesh = ""                     # '' = one device; "data", "data:4,model:2" (experiments.parallel)
+  c.distributed = False           # jax.distributed.initialize() first (multi-host)
+  c.coordinator_address = ""      # with distributed, outside TPU/SLURM: "host:port" of process 0
+  c.num_processes = 0             # with distributed, outside TPU/SLURM: the process count
+  c.process_id = -1               # with distributed, outside TPU/SLURM: this process's index
 
   c.batch_size = 128
   c.steps = "40ep"                # training length: "Nep" or "Nit"
@@ -141,6 +147,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"{key}={config[key]!r} must be >= 0 (0 = the whole split).")
   if config.learning_rate <= 0:
     raise ConfigError(f"learning_rate={config.learning_rate!r} must be positive.")
+  if config.mesh:
+    parallel_lib.parse_mesh(config.mesh)
+  if not config.distributed and (config.coordinator_address or config.num_processes or
+                                 config.process_id >= 0):
+    raise ConfigError("coordinator_address, num_processes and process_id start a multi-host "
+                      "run: set distributed=True too.")
   parsing.check_durations(config, "steps", "eval_every", "log_every", "checkpoint_every", "warmup")
   for milestone in config.lr_milestones:
     parse_duration(milestone, 1, "lr_milestones")

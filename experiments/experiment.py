@@ -10,6 +10,7 @@ from __future__ import annotations
 import ml_collections
 
 from experiments import config as config_lib
+from experiments import parallel
 from experiments import setup as setup_lib
 from experiments import workdir as workdir_lib
 from experiments.registry import PROTOCOLS, SPARSIFIERS
@@ -18,6 +19,7 @@ from experiments.registry import PROTOCOLS, SPARSIFIERS
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs (or resumes) the experiment ``config`` in ``workdir`` and returns its summary."""
   config = config_lib.finalize(config)
+  parallel.initialize(config)  # before anything asks for the devices
   protocol = PROTOCOLS.get(config.protocol)
   unused = config_lib.runner_defaults().sparsifier
   if not protocol.options.get("uses_sparsifier", True) and config.sparsifier != unused:

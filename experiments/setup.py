@@ -17,7 +17,8 @@ import ml_collections
 import optax
 
 from experiments import data as data_lib
-from experiments import models, parsing, rng, sparsifiers, trainer, workdir
+from experiments import models, parallel as parallel_lib, parsing, rng, sparsifiers, trainer
+from experiments import workdir
 from experiments.parsing import ConfigError
 from sparsejax import masks as masks_lib
 
@@ -116,8 +117,12 @@ def build_model(config: ml_collections.ConfigDict, data: data_lib.Dataset) -> mo
 
 def build_task(config: ml_collections.ConfigDict, data: data_lib.Dataset) -> trainer.Task:
   durations = trainer.Durations.from_config(config, data.num_train)
+  parallel = parallel_lib.build(config, config.batch_size)
+  if parallel is not None:  # the dataset whole on every device: batches are picked in-program
+    data = dataclasses.replace(data, **parallel.replicate(
+        {name: getattr(data, name) for name in ("train_x", "train_y", "test_x", "test_y")}))
   return trainer.Task(build_model(config, data), data, durations, config.batch_size,
-                      config.augment)
+                      config.augment, parallel)
 
 
 def check_prunable(config: ml_collections.ConfigDict, params: PyTree, prunable) -> None:

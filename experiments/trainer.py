@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import os
 import signal
@@ -36,6 +37,7 @@ from jax import lax
 
 from experiments import data as data_lib
 from experiments import models, rng
+from experiments.parallel import Parallel
 from experiments.parsing import ConfigError, parse_duration
 from experiments.sparsifiers import Sparsifier
 from experiments.workdir import Checkpoints, MetricWriter
@@ -135,12 +137,14 @@ def cross_entropy(logits, labels):
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Task:
-  """What the jitted functions close over: model, data and sizes (never arrays that change)."""
+  """What the jitted functions close over: model, data and sizes (never arrays that change), and
+  with ``parallel`` the mesh the data lies on and the batches are split over."""
   model: models.Model
   data: data_lib.Dataset
   durations: Durations
   batch_size: int
   augment: bool
+  parallel: Parallel | None = None
 
   def loss(self, params, model_state, x, y, train: bool):
     logits, new_state = self.model.apply(params, model_state, x, train=train)
@@ -182,6 +186,8 @@ def make_train_steps(task: Task, sparsifier: Sparsifier, axes: PyTree = None) ->
     x, y = data_lib.batch_at(data.train_x, data.train_y, perm, within, bs)
     if task.augment:
       x = data_lib.augment(jax.random.fold_in(state["aug_key"], step), x)
+    if task.parallel is not None:  # from here on, each device computes its slice of the batch
+      x, y = task.parallel.shard_batch(x), task.parallel.shard_batch(y)
     params = state["params"]
     (loss, (logits, model_state)), grads = grad_fn(params, state["opt_state"], step,
                                                    state["model_state"], x, y)
@@ -204,7 +210,7 @@ def make_train_steps(task: Task, sparsifier: Sparsifier, axes: PyTree = None) ->
       one_step = jax.vmap(one_step, in_axes=(None, carry_axes), out_axes=carry_axes)
 
   if host_loop(task.model):
-    start_jit, step_jit = jax.jit(start), jax.jit(one_step)
+    start_jit, step_jit = jax.jit(start), jax.jit(one_step, donate_argnums=1)
 
     def train_steps(state, n):
       carry = start_jit(state)
@@ -215,7 +221,7 @@ def make_train_steps(task: Task, sparsifier: Sparsifier, axes: PyTree = None) ->
 
     return train_steps
 
-  @jax.jit
+  @functools.partial(jax.jit, donate_argnums=0)
   def train_steps(state, n):
     state, _, loss_sum, correct = lax.fori_loop(0, n, one_step, start(state))
     return state, (loss_sum, correct)
@@ -263,13 +269,17 @@ def make_evaluate(task: Task, vectorized: bool = False) -> Callable:
   ``vectorized``, of replicates stacked along a leading axis (one loss and accuracy each)."""
   x, y = task.data.test_x, task.data.test_y
   n = x.shape[0]
-  batch = min(EVAL_BATCH, n)
+  parallel = task.parallel
+  shards = 1 if parallel is None else parallel.data_size
+  batch = -(-min(EVAL_BATCH, n) // shards) * shards  # splits evenly over the data axis
   pad = -n % batch
   xs = jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1)).reshape(-1, batch, *x.shape[1:])
   ys = jnp.pad(y, (0, pad)).reshape(-1, batch)
   weights = (jnp.arange(n + pad) < n).reshape(-1, batch)
 
   def one(params, model_state, xb, yb, wb):
+    if parallel is not None:
+      xb, yb, wb = (parallel.shard_batch(a) for a in (xb, yb, wb))
     logits, _ = task.model.apply(params, model_state, xb, train=False)
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
     return jnp.sum(losses * wb), jnp.sum((jnp.argmax(logits, -1) == yb) & wb)
@@ -300,6 +310,20 @@ def make_evaluate(task: Task, vectorized: bool = False) -> Callable:
     return jnp.sum(losses, axis=0) / n, jnp.sum(correct, axis=0) / n
 
   return evaluate
+
+
+def place(task: Task, state: dict) -> dict:
+  """A copy of ``state`` on the task's device or mesh, which training may donate.
+
+  jit keys its cache on whether arguments are committed to a device: a restored state is, a
+  freshly built one is not. Committing both lets every training share one compiled step. The
+  copy keeps the caller's arrays (a rewinding point, say) alive when the steps donate theirs.
+  """
+  if task.parallel is None:
+    placed = jax.device_put(state, jax.devices()[0])
+  else:
+    placed = task.parallel.place(state)
+  return jax.tree.map(jnp.copy, placed)
 
 
 def init_state(params, model_state, optimizer: optax.GradientTransformation, key: jax.Array,
@@ -428,9 +452,7 @@ def train(task: Task, sparsifier: Sparsifier, train_steps: Callable, evaluate: C
   views = ((lambda st: [st]) if replicates is None else
            (lambda st: [replicates.take(st, i) for i in range(replicates.n)]))
   each = lambda x: [float(v) for v in jnp.atleast_1d(x)]  # one value per replicate
-  # jit keys its cache on whether arguments are committed to a device: a restored state is, a
-  # freshly built one is not. Committing both lets every training share one compiled step.
-  state = jax.device_put(state, jax.devices()[0])
+  state = place(task, state)
   for directory in dirs:
     os.makedirs(directory, exist_ok=True)
   checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"))

@@ -116,8 +116,13 @@ def prune_level(params: PyTree, masks: PyTree, prune_fraction: float, *, mode: s
   def kept(paths, fraction):
     if level is not None:
       return round(sum(old[p].size for p in paths) * schedules.imp_density(level, fraction))
-    surviving = sum(jnp.sum(old[p], dtype=jnp.int32) for p in paths)
-    return jnp.round((1.0 - fraction) * surviving).astype(jnp.int32)
+    if any(isinstance(old[p], jax.core.Tracer) for p in paths):
+      raise ValueError("prune_level without level= counts the survivors on the host; pass "
+                       "level=L (counts from the leaves' sizes) to prune under jit or vmap.")
+    # Counted on the host in float64, so round((1 - p) * surviving) is exact: in float32,
+    # 0.7 * 45 is 31.5 and would round up.
+    surviving = sum(int(np.count_nonzero(np.asarray(old[p]))) for p in paths)
+    return round((1.0 - fraction) * surviving)
 
   def only(selected):  # the masks with the leaves outside ``selected`` marked never pruned
     return jax.tree.unflatten(treedef, [old[n] if n in selected else jnp.array(True)

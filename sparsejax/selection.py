@@ -5,23 +5,27 @@ Every pruning decision in sparsejax reduces to "keep the k highest-scoring entri
 O(n log n) and, on sharded params, gathers the whole model onto one device. Here each score is
 mapped to an order-preserving ``uint32`` key, and a bracket around the k-th largest key is
 narrowed by interpolation safeguarded by bisection: each step is one compare-and-count pass (a
-reduction, which shards), about ten passes for real weights. Ties at the threshold are broken deterministically: the lowest flat
-index wins, leaves in tree order.
+reduction, which shards), about ten passes for real weights. Ties at the threshold are broken
+deterministically: the lowest flat index wins, leaves in tree order. Nothing here reshapes or
+scans across a key's last axis, so keys sharded over it (a ``model`` mesh axis) are never
+gathered: ``tests/test_sharding.py`` checks the compiled HLO.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
-_SIGN = jnp.uint32(0x80000000)
+_SIGN = np.uint32(0x80000000)
 # NaN scores rank just above the reserved key 0, which marks entries that may not be kept.
-_NAN_KEY = jnp.uint32(1)
-_EXCLUDED_KEY = jnp.uint32(0)
+_NAN_KEY = np.uint32(1)
+_EXCLUDED_KEY = np.uint32(0)
 
 
 def order_keys(scores: jax.Array, eligible: jax.Array | None = None) -> jax.Array:
@@ -43,7 +47,7 @@ _EXACT_FLOAT_COUNT = 2**24
 
 
 def _count(bools: jax.Array, axis=None) -> jax.Array:
-  n = bools.size if axis is None else bools.shape[axis]
+  n = bools.size if axis is None else math.prod(bools.shape[a] for a in np.atleast_1d(axis))
   if n < _EXACT_FLOAT_COUNT:
     return jnp.sum(bools, axis=axis, dtype=jnp.float32).astype(jnp.int32)
   return jnp.sum(bools, axis=axis, dtype=jnp.int32)
@@ -55,8 +59,11 @@ def _count_at_least(keys: Sequence[jax.Array], t: jax.Array) -> jax.Array:
 
 def _count_at_least_each(keys: Sequence[jax.Array], ts: jax.Array) -> jax.Array:
   """count(keys >= t) for each t of a short vector, in one pass per array."""
-  return sum((_count(k.ravel()[None, :] >= ts[:, None], axis=1) for k in keys),
-             jnp.zeros(ts.shape, jnp.int32))
+  def each(k):
+    above = k[None] >= ts.reshape((-1,) + (1,) * k.ndim)
+    return _count(above, axis=tuple(range(1, above.ndim))) if k.ndim else above.astype(jnp.int32)
+
+  return sum((each(k) for k in keys), jnp.zeros(ts.shape, jnp.int32))
 
 
 class _Bracket(NamedTuple):
@@ -67,17 +74,29 @@ class _Bracket(NamedTuple):
 
 
 _SAMPLE = 256
-_NO_KEY = jnp.uint32(0xFFFFFFFF)
+_NO_KEY = np.uint32(0xFFFFFFFF)
+
+
+def _sample(key: jax.Array, m: int) -> jax.Array:
+  """About ``m`` entries of ``key``: every few rows of its ``(-1, last axis)`` view, and of
+  those rows the first columns. Only the leading axes are strided and the last one is cut
+  contiguously, so a key sharded over its last axis (output units over a ``model`` mesh axis)
+  is sampled without gathering it."""
+  view = key.reshape(-1, key.shape[-1]) if key.ndim else key.reshape(1, 1)
+  rows, cols = view.shape
+  take_cols = min(cols, max(1, m))
+  row_stride = max(1, rows // max(1, m // take_cols))
+  return view[::row_stride][:, :take_cols].ravel()  # rows first: the column cut moves little
 
 
 def _sample_bracket(keys: Sequence[jax.Array], k: jax.Array, n: int, b: _Bracket) -> _Bracket:
-  """Tightens ``b`` with quantiles of a strided sample, checked by exact counts (one pass).
+  """Tightens ``b`` with quantiles of a sample (:func:`_sample`), checked by exact counts (one
+  pass).
 
   The sample's k/n quantile, widened by four binomial standard deviations, brackets the k-th
   largest key with high probability; an end the counts refute falls back to ``b``'s.
   """
-  stride = max(1, n // _SAMPLE)
-  sample = jnp.concatenate([key.ravel()[::stride] for key in keys])
+  sample = jnp.concatenate([_sample(key, -(-_SAMPLE * key.size // n)) for key in keys])
   m = sample.size
   # Float32 is precise enough for an estimate; the counts below decide exactly.
   desc = -jnp.sort(-sample.astype(jnp.float32))
@@ -131,15 +150,37 @@ def _bracket(keys: Sequence[jax.Array], k: jax.Array) -> _Bracket:
   return lax.while_loop(searching, step, init)[1]
 
 
+def _flat_index(shape: tuple[int, ...], offset: int) -> jax.Array:
+  """``offset`` + the row-major flat index of every entry, built from iotas (so it shards)."""
+  index, stride = jnp.full(shape, offset, jnp.int32), 1
+  for axis in reversed(range(len(shape))):
+    index = index + lax.broadcasted_iota(jnp.int32, shape, axis) * stride
+    stride *= shape[axis]
+  return index
+
+
 def _first_ties(keys: Sequence[jax.Array], b: _Bracket, r: jax.Array) -> list[jax.Array]:
-  """The first r entries (leaf order, then index) equal to lo: for heavy ties only."""
-  out, offset = [], jnp.int32(0)
-  for key in keys:
-    tie = key == b.lo
-    rank = jnp.cumsum(tie.ravel(), dtype=jnp.int32).reshape(tie.shape) + offset
-    out.append(tie & (rank <= r))
-    offset = offset + _count(tie)
-  return out
+  """The first r entries (leaf order, then flat index) equal to lo: for heavy ties only.
+
+  The cut-off index is found by bisection on counts (about log2(n) passes, each a reduction)
+  rather than by a cumulative sum over the flattened keys, which on sharded keys would gather
+  them onto every device.
+  """
+  ties = [key == b.lo for key in keys]
+  offsets = np.cumsum([0] + [key.size for key in keys[:-1]])
+  index = [_flat_index(key.shape, int(o)) for key, o in zip(keys, offsets)]
+  below = lambda cut: sum((_count(t & (i < cut)) for t, i in zip(ties, index)), jnp.int32(0))
+
+  def halve(bounds):  # the smallest cut with at least r ties below it lies in [lo, hi]
+    lo, hi = bounds
+    mid = lo + (hi - lo) // 2
+    enough = below(mid) >= r
+    return jnp.where(enough, lo, mid + 1), jnp.where(enough, mid, hi)
+
+  n = sum(key.size for key in keys)
+  cut, _ = lax.while_loop(lambda bounds: bounds[0] < bounds[1], halve,
+                          (jnp.int32(0), jnp.int32(n)))
+  return [t & (i < cut) for t, i in zip(ties, index)]
 
 
 @jax.jit
@@ -165,14 +206,14 @@ def _all_of_bracket(keys: Sequence[jax.Array], b: _Bracket) -> list[jax.Array]:
 @jax.custom_batching.custom_vmap
 def _taken(keys: list[jax.Array], b: _Bracket, k: jax.Array, r: jax.Array) -> list[jax.Array]:
   """The entries of [lo, hi) to keep: all of them, unless ties at lo straddle k (then the first
-  r of them, :func:`_first_ties`, a cumulative sum over the keys)."""
+  r of them, :func:`_first_ties`, a bisection on the flat index)."""
   return lax.cond(b.c_lo == k, lambda: _all_of_bracket(keys, b), lambda: _first_ties(keys, b, r))
 
 
 @_taken.def_vmap
 def _taken_batched(axis_size, in_batched, keys, b, k, r):
   """Under ``vmap`` (replicates) ``lax.cond`` would compute both branches for every replicate:
-  the tie branch's cumulative sums run only when some replicate has ties."""
+  the tie branch's bisection runs only when some replicate has ties."""
   def batched(x, is_batched):
     return x if is_batched else jnp.broadcast_to(x, (axis_size, *jnp.shape(x)))
 

@@ -114,6 +114,7 @@ def test_layerwise_keeps_largest_survivors_per_leaf(seed, kind, p, prior):
 @SETTINGS
 @given(seed=st.integers(0, 2**32 - 1), kind=st.sampled_from(["normal", "ties"]),
        p=st.floats(0.05, 0.5), prior=st.floats(0.0, 1.0))
+@example(seed=215008, kind="normal", p=0.3, prior=0.02)  # 0.7 * 45 is 31.5 in float32
 def test_global_keeps_largest_survivors_of_pool(seed, kind, p, prior):
   params = make_params(seed, kind)
   old = random_masks(seed + 1, prior)
@@ -127,6 +128,27 @@ def test_global_keeps_largest_survivors_of_pool(seed, kind, p, prior):
     assert not (m_new & ~np.asarray(m_old)).any()
   for layer, got, want in zip(PRUNABLE, news, ref_global(ws, olds, p)):
     np.testing.assert_array_equal(got, want, err_msg=layer)
+
+
+def test_survivor_count_rounds_in_float64():
+  # 45 survivors at p = 0.3: (1 - p) * 45 is 31.499... in float64 but 31.5 in float32.
+  params = make_params(0)
+  old = jax.tree.map(lambda m: m, masks_lib.ones_like(params))
+  flat = np.zeros(64 * 32, bool)
+  flat[:45] = True
+  old["dense1"]["kernel"] = jnp.asarray(flat.reshape(64, 32))
+  new = lottery.prune_level(params, old, 0.3, mode="layerwise")
+  assert kept(np.asarray(new["dense1"]["kernel"])) == round(0.7 * 45) == 31
+
+
+def test_prune_level_under_trace_needs_level():
+  params = make_params(0)
+  with pytest.raises(ValueError, match="pass level=L"):
+    jax.jit(lambda m: lottery.prune_level(params, m, 0.2))(masks_lib.ones_like(params))
+  jitted = jax.jit(lambda m: lottery.prune_level(params, m, 0.2, level=1))
+  chex.assert_trees_all_equal(jitted(masks_lib.ones_like(params)),
+                              lottery.prune_level(params, masks_lib.ones_like(params), 0.2,
+                                                  level=1))
 
 
 def test_pruned_large_weights_never_return():
