@@ -23,6 +23,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
                        "digits"], "| digits (lenet300, 8x8, batch 64) | 2 |"),
     ("pdp_step.py", ["--rounds", "1", "--steps", "2", "--models", "lenet300"],
      "| LeNet-300-100 | pdp sort |"),
+    ("data_parallel.py", ["--devices", "2", "--rounds", "1", "--steps", "2", "--models",
+                          "lenet300", "--sparsifiers", "magnitude"], "| lenet300 | magnitude |"),
 ])
 def test_benchmark_script_runs(script, args, expected):
   result = subprocess.run([sys.executable, os.path.join("benchmarks", script), *args], cwd=ROOT,
