@@ -16,7 +16,9 @@ Pure steps (:func:`prune_level`, :func:`rewind`, the controls) plus :func:`run`,
 driver that is independent of any training loop: the caller passes ``train(params, masks, level,
 start_step) -> (params, metrics, rewind_params)``. Every finished level is written atomically to a
 directory (:mod:`sparsejax.files`: path-keyed arrays, written by process 0 only), so a killed run
-resumes at the first unfinished level.
+resumes at the first unfinished level. :func:`driver` is the same run as a generator that asks
+for each training instead of calling ``train``, so that a caller can advance several runs level
+by level and train their levels together (the replicates of ``experiments/protocols/imp.py``).
 
 Controls (Frankle & Carbin 2019, Sec. 2-3): random re-initialization (same mask, fresh init),
 random masks with the ticket's per-layer densities (layerwise shuffle), or with only its global
@@ -31,7 +33,7 @@ import os
 import re
 import warnings
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -211,7 +213,8 @@ def _owned(tree: PyTree) -> PyTree:
   return jax.tree.map(jnp.array, tree)
 
 
-def _load_level(d: str, level: int, masks_like: PyTree, params_like: PyTree) -> Level | None:
+def _load_level(d: str, level: int, masks_like: PyTree, params_like: PyTree,
+                stacklevel: int) -> Level | None:
   """A finished level from its directory, or None if it is not finished (or its files are
   damaged: a bad disk, a copy cut short; then it is trained again, with a warning)."""
   try:
@@ -224,7 +227,7 @@ def _load_level(d: str, level: int, masks_like: PyTree, params_like: PyTree) -> 
                  done["metrics"])
   except (json.JSONDecodeError, UnicodeDecodeError, zipfile.BadZipFile, EOFError, KeyError) as e:
     warnings.warn(f"level {level} in {d} is damaged ({type(e).__name__}: {e}); training it "
-                  "again.", stacklevel=3)
+                  "again.", stacklevel=stacklevel)
     return None
 
 
@@ -272,6 +275,100 @@ def _check_not_aliased(rewind_params: PyTree, final: PyTree, start: PyTree) -> N
         "copy when you reach rewind_step: jax.tree.map(jnp.copy, nnx.state(model, nnx.Param)).")
 
 
+class Training(NamedTuple):
+  """What :func:`driver` asks for: train ``params`` with ``masks`` fixed from ``start_step``.
+
+  Answer with ``send((final_params, metrics, rewind_params))``, what ``train`` of :func:`run`
+  returns.
+  """
+  level: int
+  params: PyTree
+  masks: PyTree
+  start_step: int
+
+
+def _prepare(init_params: PyTree, directory: str, *, levels: int, prune_fraction: float,
+             rewind_step: int, mode: str, overrides: Fractions | None,
+             prunable: masks_lib.Prunable) -> tuple[PyTree, PyTree]:
+  """Refuses bad arguments before anything trains, records the settings in ``directory``;
+  ``(init_params, masks of level 0)``, the params copied."""
+  for name, value in (("levels", levels), ("rewind_step", rewind_step)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+      raise ValueError(f"{name}={value!r} must be an integer >= 0.")
+  if mode not in ("global", "layerwise"):  # before the dense run, not after it
+    raise ValueError(f"mode={mode!r} must be 'global' or 'layerwise'.")
+  masks_like = masks_lib.ones_like(init_params, prunable)
+  layer_fractions(masks_like, prune_fraction, overrides)
+  init_params = _owned(init_params)
+  os.makedirs(directory, exist_ok=True)
+  _check_settings(directory, {"prune_fraction": prune_fraction, "rewind_step": rewind_step,
+                              "mode": mode, "overrides": dict(overrides or {})})
+  return init_params, masks_like
+
+
+def driver(init_params: PyTree, directory: str, *, levels: int, prune_fraction: float = 0.2,
+           rewind_step: int = 0, mode: str = "global", overrides: Fractions | None = None,
+           prunable: masks_lib.Prunable = None) -> Generator[Training | Level, Any, list[Level]]:
+  """:func:`run` without its training loop: a generator over the levels, for a caller that
+  advances several runs in step (e.g. trains the same level of several replicates at once).
+
+  The arguments are those of :func:`run` (checked now, before the first ``next``). The generator
+  yields, level by level, a :class:`Training` when the level has to be trained (answer it with
+  ``send(train's result)``; the level's files are written then), and the :class:`Level`, trained
+  now or loaded from ``directory`` (answer with ``next`` or ``send(None)``). It returns (the
+  ``StopIteration``'s value) one :class:`Level` per level, as :func:`run` does.
+  """
+  settings = dict(levels=levels, prune_fraction=prune_fraction, rewind_step=rewind_step,
+                  mode=mode, overrides=overrides)
+  init_params, masks_like = _prepare(init_params, directory, prunable=prunable, **settings)
+  # A damaged level's warning points at the code that advances the generator.
+  return _drive(init_params, masks_like, directory, stacklevel=3, **settings)
+
+
+def _drive(init_params: PyTree, masks_like: PyTree, directory: str, *, levels: int,
+           prune_fraction: float, rewind_step: int, mode: str, overrides: Fractions | None,
+           stacklevel: int) -> Generator[Training | Level, Any, list[Level]]:
+  rewind_path = os.path.join(directory, "rewind_params.npz")
+  theta_k = None  # read from the directory only when level 0 is not trained now
+  results: list[Level] = []
+  for level in range(levels + 1):
+    d = level_dir(directory, level)
+    result = _load_level(d, level, masks_like, init_params, stacklevel)
+    if result is None:
+      os.makedirs(d, exist_ok=True)
+      if level == 0:
+        masks, start = masks_like, init_params
+      else:
+        previous = results[-1]
+        masks = prune_level(previous.final_params, previous.masks, prune_fraction, mode=mode,
+                            overrides=overrides, level=level)
+        if theta_k is None:
+          theta_k = files.load_arrays(rewind_path, init_params)
+        start = rewind(theta_k, masks)
+      trained = yield Training(level, start, masks, 0 if level == 0 else rewind_step)
+      final, metrics, rewind_params = _checked(trained, init_params, level)
+      if level == 0:
+        if rewind_params is None:
+          raise ValueError("train must return the weights at rewind_step at level 0.")
+        _check_not_aliased(rewind_params, final, start)
+        theta_k = _owned(rewind_params)
+        files.save_arrays(rewind_path, theta_k)
+      final = _owned(final)
+      for name, tree in (("masks", masks), ("start_params", start), ("final_params", final)):
+        files.save_arrays(os.path.join(d, f"{name}.npz"), tree)
+      kept, total = masks_lib.count(masks)
+      # Through JSON now, so that a level run now and one loaded on resume hold the same values
+      # (and jax / numpy scalars are stored instead of failing after the level has trained).
+      metrics = json.loads(json.dumps({"density": int(kept) / total, **metrics},
+                                      default=lambda x: np.asarray(x).tolist()))
+      # Written last: the level counts as finished only now.
+      files.write_json(os.path.join(d, "level.json"), {"level": level, "metrics": metrics})
+      result = Level(level, masks, start, final, metrics)
+    results.append(result)
+    yield result
+  return results
+
+
 def run(train: TrainFn, init_params: PyTree, directory: str, *, levels: int,
         prune_fraction: float = 0.2, rewind_step: int = 0, mode: str = "global",
         overrides: Fractions | None = None, prunable: masks_lib.Prunable = None,
@@ -306,55 +403,19 @@ def run(train: TrainFn, init_params: PyTree, directory: str, *, levels: int,
   if not callable(train):
     raise TypeError(f"train={train!r} is not a function: pass train(params, masks, *, level, "
                     "start_step) -> (final_params, metrics, rewind_params).")
-  for name, value in (("levels", levels), ("rewind_step", rewind_step)):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-      raise ValueError(f"{name}={value!r} must be an integer >= 0.")
-  if mode not in ("global", "layerwise"):  # before the dense run, not after it
-    raise ValueError(f"mode={mode!r} must be 'global' or 'layerwise'.")
-  masks_like = masks_lib.ones_like(init_params, prunable)
-  layer_fractions(masks_like, prune_fraction, overrides)
-  init_params = _owned(init_params)
-  os.makedirs(directory, exist_ok=True)
-  _check_settings(directory, {"prune_fraction": prune_fraction, "rewind_step": rewind_step,
-                              "mode": mode, "overrides": dict(overrides or {})})
-  rewind_path = os.path.join(directory, "rewind_params.npz")
-  theta_k = None  # read from the directory only when level 0 is not trained now
-  results: list[Level] = []
-  for level in range(levels + 1):
-    d = level_dir(directory, level)
-    result = _load_level(d, level, masks_like, init_params)
-    if result is None:
-      os.makedirs(d, exist_ok=True)
-      if level == 0:
-        masks, start = masks_like, init_params
-      else:
-        previous = results[-1]
-        masks = prune_level(previous.final_params, previous.masks, prune_fraction, mode=mode,
-                            overrides=overrides, level=level)
-        if theta_k is None:
-          theta_k = files.load_arrays(rewind_path, init_params)
-        start = rewind(theta_k, masks)
-      final, metrics, rewind_params = _checked(
-          train(start, masks, level=level, start_step=0 if level == 0 else rewind_step),
-          init_params, level)
-      if level == 0:
-        if rewind_params is None:
-          raise ValueError("train must return the weights at rewind_step at level 0.")
-        _check_not_aliased(rewind_params, final, start)
-        theta_k = _owned(rewind_params)
-        files.save_arrays(rewind_path, theta_k)
-      final = _owned(final)
-      for name, tree in (("masks", masks), ("start_params", start), ("final_params", final)):
-        files.save_arrays(os.path.join(d, f"{name}.npz"), tree)
-      kept, total = masks_lib.count(masks)
-      # Through JSON now, so that a level run now and one loaded on resume hold the same values
-      # (and jax / numpy scalars are stored instead of failing after the level has trained).
-      metrics = json.loads(json.dumps({"density": int(kept) / total, **metrics},
-                                      default=lambda x: np.asarray(x).tolist()))
-      # Written last: the level counts as finished only now.
-      files.write_json(os.path.join(d, "level.json"), {"level": level, "metrics": metrics})
-      result = Level(level, masks, start, final, metrics)
-    results.append(result)
-    if on_level is not None:
-      on_level(result)
-  return results
+  settings = dict(levels=levels, prune_fraction=prune_fraction, rewind_step=rewind_step,
+                  mode=mode, overrides=overrides)
+  init_params, masks_like = _prepare(init_params, directory, prunable=prunable, **settings)
+  # A damaged level's warning points at the caller of run.
+  levels_of = _drive(init_params, masks_like, directory, stacklevel=4, **settings)
+  answer = None
+  while True:
+    try:
+      event = levels_of.send(answer)
+    except StopIteration as done:
+      return done.value
+    answer = None
+    if isinstance(event, Training):
+      answer = train(event.params, event.masks, level=event.level, start_step=event.start_step)
+    elif on_level is not None:
+      on_level(event)

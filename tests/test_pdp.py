@@ -313,7 +313,7 @@ class TracedTest(chex.TestCase):
       np.testing.assert_allclose(got_t, t, rtol=1e-6)
       chex.assert_trees_all_close(mask, pdp.soft_mask(W, sparsity, 1e-2), rtol=1e-6)
 
-  @chex.variants(with_jit=True, without_jit=True)
+  @chex.variants(with_jit=True)  # against the eager pdp.apply below
   def test_ramp_and_apply_traced_step(self):
     params = distinct_params()
     targets = pdp.layer_targets(params, 0.8)

@@ -181,8 +181,8 @@ def test_a_sparsifier_bound_to_one_replicate_is_refused(tmp_path):
     ({"replicates": 0}, "replicates=0 must be a positive integer"),
     ({"replicates": 2, "protocol": "structured", "sparsifier": "hesso"},
      "replicates=2: the 'structured' protocol runs one replicate"),
-    ({"replicates": 2, "vectorize": True, "protocol": "imp", "levels": 1},
-     "vectorize=True: the 'imp' protocol trains its replicates one after another"),
+    ({"replicates": 1, "vectorize": True, "protocol": "structured", "sparsifier": "hesso"},
+     "vectorize=True: the 'structured' protocol trains its replicates one after another"),
 ])
 def test_config_errors(tmp_path, overrides, message):
   with pytest.raises(ConfigError, match=message):

@@ -23,6 +23,24 @@ Workdir layout (as OpenLTH's, one directory per replicate and level)::
       main/                           checkpoints, metrics.jsonl, tensorboard/, summary.json
       controls/NAME/                  the same for each control (and its masks.npz)
       instability/                    copy_1/, copy_2/ and barrier.json
+    rewind_state/                     the dense run's full training state at k
+  vectorized/                         with vectorize=True only (below)
+
+Vectorized replicates. With ``replicates = N > 1`` and ``vectorize = True`` the replicates advance
+level by level together, each through its own :func:`sparsejax.lottery.driver`: the trainings of
+level L that the replicates have left to do are one program (:class:`Stacked`: their states
+stacked along a leading axis under ``jax.vmap``, each replicate's masks in its slice of the
+optimizer state, the step counters shared; the dense segment to the rewind step included), then
+each control of level L of all of them, then the instability copies of all of them (2N
+trainings). Every replicate writes the files above, with the values of the sequential run with
+its seed up to float rounding (the masks exactly), except the checkpoints of these trainings:
+they are stacked, in ``vectorized/level_L/main/``, ``vectorized/level_L/controls/NAME/`` and
+``vectorized/level_L/instability/``, each in ``replicates_<i>_<j>.../checkpoints`` named by the
+replicates trained together (a run extended with more replicates trains the new ones alone, in
+a directory of their own). ``rewind_state/`` stays per replicate. A killed run resumes as the
+sequential one does: finished levels, controls and barriers are read back, an unfinished stacked
+training resumes from its latest stacked checkpoint. The interpolations of the instability
+analysis are evaluated one replicate after another.
 """
 
 from __future__ import annotations
@@ -30,6 +48,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -37,6 +56,7 @@ import optax
 from absl import logging
 
 from experiments import parsing, report, rng, sparsifiers, trainer, workdir
+from experiments import replicates as replicates_lib
 from experiments.registry import PROTOCOLS
 from experiments.setup import Setup
 from sparsejax import connectivity, lottery
@@ -214,38 +234,76 @@ def _train_level(rep: Replicate, params, masks, *, level: int, start_step: int):
   return final["params"], summary, rewind_params
 
 
-def _controls(rep: Replicate, level: lottery.Level) -> dict:
-  """Trains each configured control of ``level`` from the rewind step; their summaries.
+def _control_dir(rep: Replicate, level: int, name: str) -> str:
+  return os.path.join(lottery.level_dir(rep.directory, level), "controls", name)
+
+
+def _control_start(rep: Replicate, level: lottery.Level, name: str) -> dict:
+  """The start state of control ``name`` of ``level``, its masks written in its directory.
 
   A control starts as the ticket does (a fresh or a rewound optimizer, ``reset_optimizer``), so
   that only the masks or the weights differ.
   """
+  rewound = rep.rewind_state()
+  key = rng.stream(rep.key, "control", level.level, name)
+  model_state = rewound["model_state"]
+  if name == "reinit":
+    masks = level.masks
+    params, model_state = rep.init(key)
+    params = lottery.rewind(params, masks)
+  else:
+    shuffle = lottery.shuffle_layerwise if name == "shuffle_layerwise" else lottery.shuffle_global
+    masks = shuffle(key, level.masks)
+    params = lottery.rewind(rewound["params"], masks)
+  state = rep.start_state(params, model_state, masks, reset_optimizer=rep.config.reset_optimizer)
+  # The masks first: a run killed after the control's summary.json resumes past it.
+  directory = _control_dir(rep, level.level, name)
+  os.makedirs(directory, exist_ok=True)
+  workdir.save_masks(directory, params, masks)
+  return state
+
+
+def _controls(rep: Replicate, level: lottery.Level) -> dict:
+  """Trains each configured control of ``level`` from the rewind step; their summaries."""
   out = {}
   if level.level == 0:
     return out
-  rewound = rep.rewind_state()
   for name in rep.config.controls:
-    directory = os.path.join(lottery.level_dir(rep.directory, level.level), "controls", name)
+    directory = _control_dir(rep, level.level, name)
     summary = workdir.read_finished(os.path.join(directory, "summary.json"))
     if summary is None:
-      key = rng.stream(rep.key, "control", level.level, name)
-      model_state = rewound["model_state"]
-      if name == "reinit":
-        masks = level.masks
-        params, model_state = rep.init(key)
-        params = lottery.rewind(params, masks)
-      else:
-        shuffle = lottery.shuffle_layerwise if name == "shuffle_layerwise" else lottery.shuffle_global
-        masks = shuffle(key, level.masks)
-        params = lottery.rewind(rewound["params"], masks)
-      state = rep.start_state(params, model_state, masks,
-                              reset_optimizer=rep.config.reset_optimizer)
-      # The masks first: a run killed after the control's summary.json resumes past it.
-      os.makedirs(directory, exist_ok=True)
-      workdir.save_masks(directory, params, masks)
+      state = _control_start(rep, level, name)
       _, summary = rep.train(state, directory, f"[level {level.level} control {name}] ")
     out[name] = summary
   return out
+
+
+COPIES = (1, 2)  # the instability copies' labels (their data orders' streams)
+
+
+def _instability_dir(rep: Replicate, level: int) -> str:
+  return os.path.join(lottery.level_dir(rep.directory, level), "instability")
+
+
+def _copy_start(rep: Replicate, level: lottery.Level, params, copy: int) -> tuple[dict, str]:
+  """The start state of instability copy ``copy`` of ``level`` from ``params``; its directory."""
+  state = rep.start_state(params, rep.rewind_state()["model_state"], level.masks,
+                          reset_optimizer=level.level > 0 and rep.config.reset_optimizer,
+                          data_key=rng.stream(rep.key, "instability", level.level, copy))
+  return state, os.path.join(_instability_dir(rep, level.level), f"copy_{copy}")
+
+
+def _barrier(rep: Replicate, level: lottery.Level, train_copy) -> dict:
+  """The barrier of ``level`` between the copies ``train_copy(start, copy) -> (params,
+  model_state)`` trains, written in ``barrier.json``."""
+  # Level 0 starts from the dense theta_k, later levels from theta_k * mask.
+  start = rep.rewind_state()["params"] if level.level == 0 else level.start_params
+  error = lambda network: 1.0 - float(rep.evaluate(*network)[1])
+  barrier = connectivity.instability(train_copy, start, error, copies=COPIES,
+                                     num_alphas=rep.config.instability_alphas)
+  result = barrier._asdict()
+  workdir.write_json(os.path.join(_instability_dir(rep, level.level), "barrier.json"), result)
+  return result
 
 
 def _instability(rep: Replicate, level: lottery.Level) -> dict:
@@ -257,37 +315,217 @@ def _instability(rep: Replicate, level: lottery.Level) -> dict:
   the dense run (its optimizer state at k); later levels start as the level's ticket does
   (``reset_optimizer``).
   """
-  directory = os.path.join(lottery.level_dir(rep.directory, level.level), "instability")
-  path = os.path.join(directory, "barrier.json")
-  saved = workdir.read_finished(path)
+  saved = workdir.read_finished(os.path.join(_instability_dir(rep, level.level), "barrier.json"))
   if saved is not None:
     return saved
-  rewound = rep.rewind_state()
-  # Level 0 starts from the dense theta_k, later levels from theta_k * mask.
-  start = rewound["params"] if level.level == 0 else level.start_params
 
   def train_copy(params, copy: int):
-    data_key = rng.stream(rep.key, "instability", level.level, copy)
-    state = rep.start_state(params, rewound["model_state"], level.masks,
-                            reset_optimizer=level.level > 0 and rep.config.reset_optimizer,
-                            data_key=data_key)
-    copy_dir = os.path.join(directory, f"copy_{copy}")
+    state, copy_dir = _copy_start(rep, level, params, copy)
     state, _ = rep.train(state, copy_dir, f"[level {level.level} instability copy {copy}] ")
     final = state if state is not None else rep.load_final(copy_dir, params)
     return final["params"], final["model_state"]
 
-  error = lambda network: 1.0 - float(rep.evaluate(*network)[1])
-  barrier = connectivity.instability(train_copy, start, error, copies=(1, 2),
-                                     num_alphas=rep.config.instability_alphas)
-  result = barrier._asdict()
-  workdir.write_json(path, result)
-  return result
+  return _barrier(rep, level, train_copy)
+
+
+# ---------------------------------------------------------------------------------------------
+# Vectorized replicates: the same level (or control) of every replicate trained as one program.
+
+
+class Stacked:
+  """Trains the same training of several replicates as one program (``vectorize=True``).
+
+  Their states are stacked (:func:`experiments.replicates.stack`: masks, weights and data keys
+  per replicate, the step counters shared) and trained by :func:`experiments.trainer.train` with
+  :class:`experiments.trainer.Replicates`: each replicate's directory gets the metrics a separate
+  training writes there, ``directory`` the stacked checkpoints. One compiled step serves every
+  level and control (one per number of replicates trained together).
+  """
+
+  def __init__(self, setup: Setup, sparsifier: sparsifiers.Sparsifier):
+    self.setup, self.sparsifier = setup, sparsifier
+    self.evaluate = trainer.make_evaluate(setup.task, vectorized=True)
+    self._train_steps = {}
+
+  def directory(self, level: int, training: str, batch: list[int]) -> str:
+    """Where the stacked checkpoints of ``training`` of ``level`` for the replicates ``batch``
+    live (named by the batch: a run extended with more replicates trains the new ones alone)."""
+    return os.path.join(self.setup.workdir, "vectorized", f"level_{level}", training,
+                        "replicates_" + "_".join(str(r) for r in batch))
+
+  def train_steps(self, axes):
+    leaves, treedef = jax.tree.flatten(axes, is_leaf=lambda x: x is None)
+    key = (treedef, tuple(leaves))
+    if key not in self._train_steps:
+      self._train_steps[key] = trainer.make_train_steps(self.setup.task, self.sparsifier, axes)
+    return self._train_steps[key]
+
+  def train(self, states: list[dict], dirs: list[str], directory: str, label: str, *,
+            end_step: int | None = None) -> tuple[list[dict], list[dict]]:
+    """Trains ``states`` (one per directory of ``dirs``) together up to ``end_step`` (default:
+    the end), resuming from ``directory``; each one's final state and summary."""
+    stacked, axes = replicates_lib.stack(states)
+    replicates = trainer.Replicates(axes, tuple(dirs))
+    state, summaries = trainer.train(self.setup.task, self.sparsifier, self.train_steps(axes),
+                                     self.evaluate, stacked, directory, end_step=end_step,
+                                     label=label, replicates=replicates)
+    return [replicates.take(state, i) for i in range(replicates.n)], summaries
+
+  def train_to_end(self, states: list[dict], dirs: list[str], directory: str,
+                   label: str) -> list[dict]:
+    """:meth:`train` to the end, each summary written in its directory; the final states.
+
+    Trainings whose summaries are all written already are read back from ``directory``.
+    """
+    summaries = [workdir.read_finished(os.path.join(d, "summary.json")) for d in dirs]
+    if all(s is not None for s in summaries):
+      finals = self._load_final(states, directory)
+      if finals is not None:
+        return finals
+    finals, summaries = self.train(states, dirs, directory, label)
+    for d, summary in zip(dirs, summaries):
+      workdir.write_json(os.path.join(d, "summary.json"), summary)
+    return finals
+
+  def _load_final(self, states: list[dict], directory: str) -> list[dict] | None:
+    """The final states of a finished stacked training, or None if ``directory`` holds none."""
+    stacked, axes = replicates_lib.stack(states)
+    checkpoints = workdir.Checkpoints(os.path.join(directory, "checkpoints"))
+    try:
+      step, state, _ = checkpoints.restore_latest(stacked)
+    finally:
+      checkpoints.close()
+    if step is None or step < self.setup.task.durations.total:
+      return None
+    return [trainer.take(state, axes, i) for i in range(len(states))]
+
+
+def _train_levels(stacked: Stacked, reps: list[Replicate],
+                  requests: dict[int, lottery.Training]) -> dict[int, tuple]:
+  """The answers to the :func:`sparsejax.lottery.driver` requests of several replicates for the
+  same level (what :func:`_train_level` returns for each), from one stacked training."""
+  (level,) = {request.level for request in requests.values()}
+  batch = sorted(requests)
+  dirs = [os.path.join(lottery.level_dir(reps[r].directory, level), "main") for r in batch]
+  directory = stacked.directory(level, "main", batch)
+  label = f"[level {level} of replicates {batch}] "
+  rewind_step = reps[batch[0]].rewind_step
+  if level == 0:
+    states = [reps[r].fresh_state(requests[r].params, reps[r].init()[1], requests[r].masks, 0)
+              for r in batch]
+    checkpoints = [workdir.Checkpoints(os.path.join(reps[r].directory, "rewind_state"),
+                                       max_to_keep=1) for r in batch]
+    try:
+      if any(c.latest_step() is None for c in checkpoints):
+        rewound = states
+        if rewind_step > 0:
+          # Segment 1: dense training up to the rewind step k, whose full states are kept.
+          rewound, _ = stacked.train(states, dirs, directory, label, end_step=rewind_step)
+        for c, state in zip(checkpoints, rewound):
+          if c.latest_step() is None:
+            c.save(rewind_step, state, {})
+    finally:
+      for c in checkpoints:
+        c.close()
+  else:
+    states = [reps[r].start_state(requests[r].params, reps[r].rewind_state()["model_state"],
+                                  requests[r].masks,
+                                  reset_optimizer=reps[r].config.reset_optimizer)
+              for r in batch]
+  finals = stacked.train_to_end(states, dirs, directory, label)
+  return {r: (final["params"], workdir.read_json(os.path.join(d, "summary.json")),
+              reps[r].rewind_state()["params"] if level == 0 else None)
+          for r, final, d in zip(batch, finals, dirs)}
+
+
+def _stacked_controls(stacked: Stacked, reps: list[Replicate],
+                      levels: dict[int, lottery.Level]) -> dict[int, dict]:
+  """:func:`_controls` of the same level of several replicates: each control of all of them
+  trained as one program."""
+  out = {r: {} for r in levels}
+  (level,) = {lvl.level for lvl in levels.values()}
+  if level == 0:
+    return out
+  for name in stacked.setup.config.controls:
+    dirs = {r: _control_dir(reps[r], level, name) for r in levels}
+    for r in levels:
+      out[r][name] = workdir.read_finished(os.path.join(dirs[r], "summary.json"))
+    batch = sorted(r for r in levels if out[r][name] is None)
+    if not batch:
+      continue
+    states = [_control_start(reps[r], levels[r], name) for r in batch]
+    stacked.train_to_end(states, [dirs[r] for r in batch],
+                         stacked.directory(level, os.path.join("controls", name), batch),
+                         f"[level {level} control {name} of replicates {batch}] ")
+    for r in batch:
+      out[r][name] = workdir.read_json(os.path.join(dirs[r], "summary.json"))
+  return out
+
+
+def _stacked_instability(stacked: Stacked, reps: list[Replicate],
+                         levels: dict[int, lottery.Level]) -> dict[int, dict]:
+  """:func:`_instability` of the same level of several replicates: both copies of all of them
+  trained as one program."""
+  out = {}
+  for r, level in levels.items():
+    saved = workdir.read_finished(os.path.join(_instability_dir(reps[r], level.level),
+                                               "barrier.json"))
+    if saved is not None:
+      out[r] = saved
+  batch = sorted(r for r in levels if r not in out)
+  if not batch:
+    return out
+  (level,) = {levels[r].level for r in batch}
+  jobs = [(r, copy) for r in batch for copy in COPIES]
+  starts = {r: reps[r].rewind_state()["params"] if level == 0 else levels[r].start_params
+            for r in batch}
+  states, dirs = zip(*(_copy_start(reps[r], levels[r], starts[r], copy) for r, copy in jobs))
+  finals = stacked.train_to_end(list(states), list(dirs),
+                                stacked.directory(level, "instability", batch),
+                                f"[level {level} instability copies of replicates {batch}] ")
+  networks = {job: (final["params"], final["model_state"]) for job, final in zip(jobs, finals)}
+  for r in batch:
+    out[r] = _barrier(reps[r], levels[r], lambda params, copy, r=r: networks[(r, copy)])
+  return out
+
+
+def _run_vectorized(stacked: Stacked, reps: list[Replicate],
+                    sparsity_report: Callable[[Replicate, lottery.Level], None],
+                    record: Callable[[Replicate, lottery.Level, dict, dict | None], None],
+                    **settings) -> None:
+  """Advances the :func:`sparsejax.lottery.driver` of every replicate level by level: trains the
+  level's pending trainings of all replicates as one program, calls ``sparsity_report(rep,
+  level)`` for each, trains the level's controls (each control as one program) and instability
+  copies (as one program), and calls ``record(rep, level, controls, instability)`` for each
+  replicate's level."""
+  drivers = {rep.index: lottery.driver(rep.init()[0], rep.directory, **settings) for rep in reps}
+  events = {r: next(d) for r, d in drivers.items()}
+  while events:
+    requests = {r: e for r, e in events.items() if isinstance(e, lottery.Training)}
+    if requests:
+      for r, answer in _train_levels(stacked, reps, requests).items():
+        events[r] = drivers[r].send(answer)
+      continue
+    for r, level in events.items():
+      sparsity_report(reps[r], level)
+    controls = _stacked_controls(stacked, reps, events)
+    instability = (_stacked_instability(stacked, reps, events)
+                   if stacked.setup.config.instability else {})
+    for r, level in events.items():
+      record(reps[r], level, controls[r], instability.get(r))
+    following = {}
+    for r, d in drivers.items():
+      try:
+        following[r] = next(d)
+      except StopIteration:
+        pass
+    events = following
 
 
 @PROTOCOLS.register("imp", keys=KEYS, validate=validate, check=check,
                     report=report.printed,
                     extendable=("levels", "replicates"), uses_sparsifier=False,
-                    replicates=True)
+                    replicates=True, vectorizes=True)
 def imp(setup: Setup) -> dict:
   """Runs (or resumes) the lottery-ticket experiment of ``setup``; its summary."""
   config, task = setup.config, setup.task
@@ -299,30 +537,41 @@ def imp(setup: Setup) -> dict:
   train_steps = trainer.make_train_steps(task, sparsifier)
   evaluate = trainer.make_evaluate(task)
   mode = "global" if config.distribution == "global" else "layerwise"
-  rows = []
-  for r in range(config.replicates):
-    rep = Replicate(setup, inner, sparsifier, train_steps, evaluate, r, setup.key(r),
+  settings = dict(levels=config.levels, prune_fraction=config.prune_fraction,
+                  rewind_step=rewind_step, mode=mode,
+                  overrides=parsing.parse_overrides(config.prune_fraction_overrides),
+                  prunable=setup.prunable)
+  reps = [Replicate(setup, inner, sparsifier, train_steps, evaluate, r, setup.key(r),
                     os.path.join(setup.workdir, f"replicate_{r}"), rewind_step)
-    per_level = []
+          for r in range(config.replicates)]
+  rows = [[] for _ in reps]
 
-    def on_level(level: lottery.Level, rep=rep, per_level=per_level):
-      workdir.write_text(os.path.join(lottery.level_dir(rep.directory, level.level),
-                                      "sparsity_report.txt"),
-                         masks_lib.summary_table(level.final_params, level.masks) + "\n")
-      row = {"level": level.level, **level.metrics, "controls": _controls(rep, level)}
-      if config.instability:
-        row["instability"] = _instability(rep, level)
-      per_level.append(row)
-      logging.info("[replicate %d] level %d: density %.4f, test accuracy %.4f", rep.index,
-                   level.level, row["density"], row["test_accuracy"])
+  def sparsity_report(rep: Replicate, level: lottery.Level) -> None:
+    workdir.write_text(os.path.join(lottery.level_dir(rep.directory, level.level),
+                                    "sparsity_report.txt"),
+                       masks_lib.summary_table(level.final_params, level.masks) + "\n")
 
-    params, _ = rep.init()
-    lottery.run(lambda p, m, **kw: _train_level(rep, p, m, **kw), params, rep.directory,
-                levels=config.levels, prune_fraction=config.prune_fraction,
-                rewind_step=rewind_step, mode=mode,
-                overrides=parsing.parse_overrides(config.prune_fraction_overrides),
-                prunable=setup.prunable, on_level=on_level)
-    rows.append(per_level)
+  def record(rep: Replicate, level: lottery.Level, controls: dict,
+             instability: dict | None) -> None:
+    row = {"level": level.level, **level.metrics, "controls": controls}
+    if instability is not None:
+      row["instability"] = instability
+    rows[rep.index].append(row)
+    logging.info("[replicate %d] level %d: density %.4f, test accuracy %.4f", rep.index,
+                 level.level, row["density"], row["test_accuracy"])
+
+  if config.vectorize and config.replicates > 1:
+    _run_vectorized(Stacked(setup, sparsifier), reps, sparsity_report, record, **settings)
+  else:
+    for rep in reps:
+
+      def on_level(level: lottery.Level, rep=rep) -> None:
+        sparsity_report(rep, level)
+        controls = _controls(rep, level)
+        record(rep, level, controls, _instability(rep, level) if config.instability else None)
+
+      lottery.run(functools.partial(_train_level, rep), rep.init()[0], rep.directory,
+                  on_level=on_level, **settings)
   summary = {"protocol": "imp", "method": "imp", "model": config.model,
              "dataset": config.dataset, "rewind_step": rewind_step,
              "replicates": config.replicates, "levels": report.aggregate(rows)}
