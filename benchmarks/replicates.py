@@ -66,20 +66,25 @@ def build(name: str, n: int, sparsifier: str = "magnitude"):
   batched_state = jax.tree.map(lambda a, x: x if a == 0 else jax.numpy.stack([x] * n),
                                axes, stacked, is_leaf=lambda a: a is None)
   sparsifier = sparsifiers[0]
+  place = lambda state: trainer.place(task, state)
   return {
-      "sequential": (trainer.make_train_steps(task, sparsifier), states),
-      "vectorized": (trainer.make_train_steps(task, sparsifier, axes), stacked),
-      "all batched": (trainer.make_train_steps(task, sparsifier, all_batched), batched_state),
+      "sequential": [trainer.make_train_steps(task, sparsifier), [place(s) for s in states]],
+      "vectorized": [trainer.make_train_steps(task, sparsifier, axes), place(stacked)],
+      "all batched": [trainer.make_train_steps(task, sparsifier, all_batched),
+                      place(batched_state)],
   }
 
 
 def run(variant, steps: int) -> float:
   fn, state = variant
   start = time.perf_counter()
+  # The steps donate the states they are given: keep the ones they return.
   if isinstance(state, list):
     out = [fn(s, steps) for s in state]
+    variant[1] = [s for s, _ in out]
   else:
     out = fn(state, steps)
+    variant[1] = out[0]
   jax.block_until_ready(out)
   return time.perf_counter() - start
 

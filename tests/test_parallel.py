@@ -89,8 +89,8 @@ EIGHT_DEVICES = textwrap.dedent("""
     assert jax.device_count() == 8
 
     def run(mesh, **overrides):
-      short = dict(steps="150it", pruning_end="100it", eval_every="50it", log_every="50it",
-                   checkpoint_every="150it")
+      short = dict(steps="100it", pruning_end="60it", pruning_frequency="20it",
+                   eval_every="50it", log_every="50it", checkpoint_every="100it")
       config = config_lib.finalize(digits_config(mesh=mesh, **{**short, **overrides}))
       setup = setup_lib.build(config, tempfile.mkdtemp())
       key = setup.key()
@@ -124,15 +124,15 @@ EIGHT_DEVICES = textwrap.dedent("""
     # summation order into a few different hard-mask entries: on the mesh it keeps the same
     # counts, exactly, and mostly the same weights (here 85-90% of the kept ones; chance would
     # be the density).
-    pdp = dict(sparsifier="pdp", final_sparsity=0.9, pdp_warmup="50it", pdp_rate=1.0)
+    pdp = dict(sparsifier="pdp", final_sparsity=0.9, pdp_warmup="30it", pdp_rate=1.0)
     (_, m1), (_, m8) = run("", **pdp), run("data:4,model:2", **pdp)
     for a, b in zip(jax.tree.leaves(m1), jax.tree.leaves(m8)):
       a, b = np.asarray(a), np.asarray(b)
       assert a.sum() == b.sum()
       assert (a & b).sum() > 0.75 * a.sum()
     # Convolutions (one jitted step per call on CPU) over the sharded batch.
-    conv = dict(model="conv2", sparsifier="dense", steps="30it", eval_every="30it",
-                log_every="30it", checkpoint_every="30it")
+    conv = dict(model="conv2", sparsifier="dense", steps="20it", eval_every="20it",
+                log_every="20it", checkpoint_every="20it")
     same(run("", **conv), run("data", **conv))
     try:
       run("data", batch_size=60)
