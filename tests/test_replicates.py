@@ -177,14 +177,26 @@ def test_a_sparsifier_bound_to_one_replicate_is_refused(tmp_path):
   assert len(summary["runs"]) == 2
 
 
+@pytest.fixture
+def single_replicate_protocols():
+  """Two toy protocols: one that runs one replicate, one whose replicates are not vectorized
+  (every built-in protocol does both)."""
+  from experiments.registry import PROTOCOLS
+  PROTOCOLS.register("_one_run")(lambda setup: {})
+  PROTOCOLS.register("_looped_runs", replicates=True)(lambda setup: {})
+  yield
+  PROTOCOLS.unregister("_one_run")
+  PROTOCOLS.unregister("_looped_runs")
+
+
 @pytest.mark.parametrize("overrides,message", [
     ({"replicates": 0}, "replicates=0 must be a positive integer"),
-    ({"replicates": 2, "protocol": "structured", "sparsifier": "hesso"},
-     "replicates=2: the 'structured' protocol runs one replicate"),
-    ({"replicates": 1, "vectorize": True, "protocol": "structured", "sparsifier": "hesso"},
-     "vectorize=True: the 'structured' protocol trains its replicates one after another"),
+    ({"replicates": 2, "protocol": "_one_run"},
+     "replicates=2: the '_one_run' protocol runs one replicate"),
+    ({"replicates": 2, "vectorize": True, "protocol": "_looped_runs"},
+     "vectorize=True: the '_looped_runs' protocol trains its replicates one after another"),
 ])
-def test_config_errors(tmp_path, overrides, message):
+def test_config_errors(tmp_path, single_replicate_protocols, overrides, message):
   with pytest.raises(ConfigError, match=message):
     experiment.run(digits_config(**overrides), str(tmp_path))
   assert not os.listdir(tmp_path)

@@ -159,3 +159,28 @@ def test_method_shorthand_selects_the_structured_protocol():
   config.method = "hesso"
   config = config_lib.finalize(config)
   assert (config.protocol, config.sparsifier, config.method) == ("structured", "hesso", "")
+
+
+@pytest.mark.parametrize("method", ["hesso", "dhspg"])
+def test_structured_replicates_vectorized_equal_one_after_another(tmp_path, method):
+  """replicates=2: each replicate compresses as its separate run would; vectorize=True trains
+  both in one program with the same results."""
+  extra = {} if method == "hesso" else {"method": method, "sparsifier": "dense",
+                                        "protocol": "train"}
+  runs = {v: experiment.run(digits_config(target_group_sparsity=0.5, replicates=2,
+                                          vectorize=v, **extra), str(tmp_path / str(v)))
+          for v in (False, True)}
+  seq, vec = runs[False], runs[True]
+  assert seq["seeds"] == vec["seeds"] == [0, 1]
+  for i, (a, b) in enumerate(zip(seq["runs"], vec["runs"])):
+    assert a["groups_zero"] == b["groups_zero"], i
+    assert a["widths_after"] == b["widths_after"], i
+    for key in ("test_accuracy", "test_accuracy_compressed", "test_loss"):
+      assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-5), (i, key)
+    directory = tmp_path / "True" / f"replicate_{i}"
+    assert read(directory / "summary.json")["seed"] == i
+    assert (directory / "compressed" / "widths.json").exists()
+    assert "400 groups" in (directory / "groups.txt").read_text()
+    assert_compressed_equals_group_sparse(b, 360)
+  assert vec["test_accuracy_compressed"] == pytest.approx(
+      np.mean([r["test_accuracy_compressed"] for r in vec["runs"]]))

@@ -6,6 +6,10 @@ training with a structured-sparse optimizer (``hesso``, ``hesso_cric``, ``hspg``
 removes them, and the model is rebuilt at the widths that remain. The compressed network computes
 the same function as the group-sparse one, so both are evaluated and their accuracies compared.
 
+With ``replicates = N``, ``replicate_<i>/`` holds all of the below for the run with seed
+``seed + i`` (one program for all with ``vectorize``), and the workdir's ``summary.json`` their
+means and standard deviations.
+
 Workdir layout (besides the training's, as protocol ``train``)::
 
   groups.txt             the groups found in the model, set by set
@@ -45,6 +49,12 @@ from sparsejax.structured import groups as groups_lib
 
 
 def report(summary: dict, directory: str) -> str:
+  if "replicates" in summary:
+    return (f"{summary['sparsifier']}: group sparsity {summary['group_sparsity']:.4f}; test "
+            f"accuracy {summary['test_accuracy']:.4f} +- {summary['test_accuracy_sd']:.4f} "
+            f"(compressed {summary['test_accuracy_compressed']:.4f} +- "
+            f"{summary['test_accuracy_compressed_sd']:.4f}) over {summary['replicates']} "
+            f"replicates; results in {directory}/replicate_*")
   return (f"{summary['sparsifier']}: {summary['groups_zero']}/{summary['groups_total']} groups "
           f"removed; params {summary['params_before']} -> {summary['params_after']}, "
           f"MACs {summary['flops_before']} -> {summary['flops_after']}; test accuracy "
@@ -90,26 +100,13 @@ def validate(config) -> None:
                       "(1 keeps the exact widths; e.g. 8 or 16 rounds them up).")
 
 
-@PROTOCOLS.register("structured", keys=KEYS, validate=validate, report=report,
-                    restartable=train.restartable, check=check)
-def structured(setup: Setup) -> dict:
-  """Trains with the config's group sparsifier, compresses, evaluates both networks."""
-  config, task = setup.config, setup.task
+def _finish(setup: Setup, config, directory: str, sparsifier, state: dict, summary: dict,
+            groups: groups_lib.Groups) -> dict:
+  """Compresses a finished training's network, evaluates both, writes ``directory``'s files."""
+  task = setup.task
   model = task.model
-  key = setup.key()
-  params, model_state = setup.init(key)
-  groups = group_sparsifiers.model_groups(model)
-  workdir.write_text(os.path.join(setup.workdir, "groups.txt"),
-                     groups_lib.table(groups, params) + "\n")
-  sparsifier = setup.sparsifier(params, model_state, key)
-  state = trainer.init_state(params, model_state, sparsifier.tx, key)
-  logging.info("%s on %s: %d groups in %d sets, %d steps", config.sparsifier, config.model,
-               groups.num_groups, len(groups.sets), task.durations.total)
-  state, summary = trainer.train(task, sparsifier, trainer.make_train_steps(task, sparsifier),
-                                 trainer.make_evaluate(task), state, setup.workdir)
   params, model_state = state["params"], state["model_state"]
-  workdir.save_masks(setup.workdir, params, trainer.masks_of(sparsifier, state))
-
+  workdir.save_masks(directory, params, trainer.masks_of(sparsifier, state))
   zero = int(np.sum(np.asarray(groups_lib.is_zero(groups, params))))
   compressed = compress_lib.compress(groups, params, model_state,
                                      multiple=config.compress_multiple)
@@ -119,10 +116,9 @@ def structured(setup: Setup) -> dict:
   small_task = dataclasses.replace(task, model=small)
   loss_small, acc_small = (float(v) for v in trainer.make_evaluate(small_task)(
       compressed.params, compressed.state))
-  save_compressed(setup.workdir, compressed, widths)
+  save_compressed(directory, compressed, widths)
   summary = {
-      "protocol": "structured", "sparsifier": config.sparsifier, "method": config.sparsifier,
-      "model": config.model, "dataset": config.dataset, "seed": config.seed,
+      **_header(config),
       "target_group_sparsity": config.get("target_group_sparsity"),
       "group_sparsity": zero / groups.num_groups,
       "groups_total": groups.num_groups,
@@ -137,6 +133,61 @@ def structured(setup: Setup) -> dict:
       "test_accuracy_compressed": acc_small,
       "test_loss_compressed": loss_small,
   }
-  workdir.write_json(os.path.join(setup.workdir, "summary.json"), summary)
+  workdir.write_json(os.path.join(directory, "summary.json"), summary)
   return summary
 
+
+def _header(config) -> dict:
+  return {"protocol": "structured", "sparsifier": config.sparsifier,
+          "method": config.sparsifier, "model": config.model, "dataset": config.dataset,
+          "seed": config.seed}
+
+
+def _write_groups(setup: Setup, directory: str, groups: groups_lib.Groups) -> None:
+  workdir.write_text(os.path.join(directory, "groups.txt"),
+                     groups_lib.table(groups, setup.param_shapes) + "\n")
+
+
+def _train_one(setup: Setup, config, key, directory: str, groups: groups_lib.Groups,
+               label: str = "") -> dict:
+  task = setup.task
+  params, model_state = setup.init(key)
+  _write_groups(setup, directory, groups)
+  sparsifier = setup.sparsifier(params, model_state, key)
+  state = trainer.init_state(params, model_state, sparsifier.tx, key)
+  state, summary = trainer.train(task, sparsifier, trainer.make_train_steps(task, sparsifier),
+                                 trainer.make_evaluate(task), state, directory, label=label)
+  return _finish(setup, config, directory, sparsifier, state, summary, groups)
+
+
+SUMMARY_KEYS = ("test_accuracy", "test_accuracy_compressed", "group_sparsity", "params_after",
+                "flops_after")
+
+
+@PROTOCOLS.register("structured", keys=KEYS, validate=validate, report=report,
+                    restartable=train.restartable, check=check, replicates=True,
+                    vectorizes=True)
+def structured(setup: Setup) -> dict:
+  """Trains with the config's group sparsifier, compresses, evaluates both networks. With
+  ``replicates`` > 1, one per seed ``seed + i`` in ``replicate_<i>/`` (vectorized with
+  ``vectorize``: one program, as protocol ``train``), and their mean and spread."""
+  config, task = setup.config, setup.task
+  groups = group_sparsifiers.model_groups(task.model)
+  logging.info("%s on %s: %d groups in %d sets, %d steps%s", config.sparsifier, config.model,
+               groups.num_groups, len(groups.sets), task.durations.total,
+               f", {config.replicates} replicates" + (" vectorized" if config.vectorize else "")
+               if config.replicates > 1 else "")
+  if config.replicates == 1:
+    return _train_one(setup, config, setup.key(), setup.workdir, groups)
+  configs, dirs = train.replicates_of(setup)
+  if config.vectorize:
+    sparsifier, trained = train.train_vectorized(setup, dirs)
+    summaries = []
+    for single, directory, (state, summary) in zip(configs, dirs, trained):
+      _write_groups(setup, directory, groups)
+      summaries.append(_finish(setup, single, directory, sparsifier, state, summary, groups))
+  else:
+    summaries = [_train_one(setup, single, setup.key(i), directory, groups, f"replicate {i}: ")
+                 for i, (single, directory) in enumerate(zip(configs, dirs))]
+  return train.write_replicates_summary(setup.workdir, _header(config), config, configs,
+                                        summaries, SUMMARY_KEYS)

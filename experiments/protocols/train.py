@@ -72,7 +72,9 @@ def _train_one(setup: Setup, config, key, directory: str, label: str = "") -> di
   return _finish(config, directory, summary, sparsifier, state, evaluate)
 
 
-def _train_vectorized(setup: Setup, configs: list, dirs: list[str]) -> list[dict]:
+def train_vectorized(setup: Setup, dirs: list[str]):
+  """Trains the replicates of ``setup`` (one per directory) as one program; ``(sparsifier,
+  [(final state, training summary) of each replicate])``."""
   task = setup.task
   sparsifiers, states = replicates_lib.initial(setup, len(dirs))
   replicates_lib.check_shared(setup.config.sparsifier, sparsifiers, states)
@@ -82,9 +84,14 @@ def _train_vectorized(setup: Setup, configs: list, dirs: list[str]) -> list[dict
   state, summaries = trainer.train(
       task, sparsifier, trainer.make_train_steps(task, sparsifier, axes),
       trainer.make_evaluate(task, vectorized=True), stacked, setup.workdir, replicates=replicates)
-  evaluate = trainer.make_evaluate(task)
-  return [_finish(config, directory, summary, sparsifier, replicates.take(state, i), evaluate)
-          for i, (config, directory, summary) in enumerate(zip(configs, dirs, summaries))]
+  return sparsifier, [(replicates.take(state, i), summary) for i, summary in enumerate(summaries)]
+
+
+def _train_vectorized(setup: Setup, configs: list, dirs: list[str]) -> list[dict]:
+  sparsifier, trained = train_vectorized(setup, dirs)
+  evaluate = trainer.make_evaluate(setup.task)
+  return [_finish(config, directory, summary, sparsifier, state, evaluate)
+          for config, directory, (state, summary) in zip(configs, dirs, trained)]
 
 
 def _mean_sd(values: list[float]) -> tuple[float, float]:
@@ -104,20 +111,35 @@ def train(setup: Setup) -> dict:
                if config.replicates > 1 else "")
   if config.replicates == 1:
     return _train_one(setup, config, setup.key(), setup.workdir)
-  n = config.replicates
-  configs = [replicates_lib.replicate_config(config, i) for i in range(n)]
-  dirs = [replicates_lib.replicate_dir(setup.workdir, i) for i in range(n)]
-  for single, directory in zip(configs, dirs):
-    workdir.prepare(directory, single, restartable=restartable)
+  configs, dirs = replicates_of(setup)
   if config.vectorize:
     summaries = _train_vectorized(setup, configs, dirs)
   else:
     summaries = [_train_one(setup, single, setup.key(i), directory, f"replicate {i}: ")
                  for i, (single, directory) in enumerate(zip(configs, dirs))]
-  summary = {**_header(config), "replicates": n, "vectorize": config.vectorize,
+  return write_replicates_summary(setup.workdir, _header(config), config, configs, summaries,
+                                  ("test_accuracy", "test_loss", "density", "test_accuracy_hard",
+                                   "density_hard"))
+
+
+def replicates_of(setup: Setup, restartable_fn=restartable) -> tuple[list, list[str]]:
+  """The configs and directories of the replicates of ``setup`` (each directory prepared)."""
+  n = setup.config.replicates
+  configs = [replicates_lib.replicate_config(setup.config, i) for i in range(n)]
+  dirs = [replicates_lib.replicate_dir(setup.workdir, i) for i in range(n)]
+  for single, directory in zip(configs, dirs):
+    workdir.prepare(directory, single, restartable=restartable_fn)
+  return configs, dirs
+
+
+def write_replicates_summary(directory: str, header: dict, config, configs: list,
+                             summaries: list[dict], keys: tuple[str, ...]) -> dict:
+  """The workdir's ``summary.json`` of replicates: each one's summary (``runs``) and the mean
+  and standard deviation over them of each of ``keys`` they report."""
+  summary = {**header, "replicates": len(summaries), "vectorize": config.vectorize,
              "seeds": [c.seed for c in configs], "runs": summaries}
-  for key in ("test_accuracy", "test_loss", "density", "test_accuracy_hard", "density_hard"):
+  for key in keys:
     if key in summaries[0]:
       summary[key], summary[f"{key}_sd"] = _mean_sd([s[key] for s in summaries])
-  workdir.write_json(os.path.join(setup.workdir, "summary.json"), summary)
+  workdir.write_json(os.path.join(directory, "summary.json"), summary)
   return summary
