@@ -6,6 +6,7 @@ an optax transformation over (params, masks, step).
 
 from sparsejax import connectivity
 from sparsejax import distributions
+from sparsejax import dynamic
 from sparsejax import files
 from sparsejax import lottery
 from sparsejax import masks
@@ -21,5 +22,5 @@ from sparsejax import transforms
 
 __version__ = "0.1.0"
 
-__all__ = ["connectivity", "distributions", "files", "lottery", "masks", "metrics", "nm",
+__all__ = ["connectivity", "distributions", "dynamic", "files", "lottery", "masks", "metrics", "nm",
            "pdp", "pruning", "schedules", "scores", "selection", "structured", "transforms"]

@@ -66,7 +66,15 @@ class ScheduledPruningState(NamedTuple):
   inner_state: optax.OptState
 
 
-_MASK_STATES = (StaticMasksState, ScheduledPruningState)
+class DynamicSparseState(NamedTuple):
+  """The state of :mod:`sparsejax.dynamic`'s SET and RigL."""
+  count: jax.Array  # updates applied so far
+  masks: PyTree
+  inner_state: optax.OptState
+  key: jax.Array    # random growth: the key of update t is fold_in(key, t)
+
+
+_MASK_STATES = (StaticMasksState, ScheduledPruningState, DynamicSparseState)
 
 
 def _init_inner(inner, params, masks, name: str):
@@ -391,7 +399,8 @@ def get_masks(opt_state: optax.OptState) -> PyTree:
   if not found:
     raise ValueError(
         "expected one sparsejax mask state in the optimizer state, found 0: build the optimizer "
-        "with static_masks / scheduled_pruning / magnitude_pruning / nm_pruning.")
+        "with static_masks / scheduled_pruning / magnitude_pruning / nm_pruning, or "
+        "sparsejax.dynamic's rigl / set_.")
   return _merge_partitions([x.masks for x in found])
 
 

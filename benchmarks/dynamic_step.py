@@ -1,0 +1,87 @@
+"""RigL and SET training steps against a dense step, measured side by side.
+
+Variants, interleaved round by round in one process (the same models, batches and timing as
+``benchmarks/overhead.py``): plain optax SGD with momentum (dense), and ``sparsejax.dynamic.rigl``
+and ``set_`` around it at 90% sparsity (random ERK masks) moving connections every 50 steps. The
+run is far from ``end_step``, so every update step moves connections.
+
+Printed per model: each method's ordinary step over dense (median), its whole runs over dense's
+including the update steps (amortized), and one update step over an ordinary step.
+
+  python benchmarks/dynamic_step.py [--rounds 7] [--steps 200] [--models lenet,cnn]
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+
+import jax
+import numpy as np
+import optax
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+from overhead import lenet, make_step, small_cnn, time_steps  # noqa: E402
+from sparsejax import dynamic, pruning  # noqa: E402
+
+EVERY = 50
+
+
+def bench(name, build, rounds, steps):
+  apply, params, shape = build()
+  inner = optax.sgd(0.01, momentum=0.9)
+  masks = pruning.random(jax.random.key(1), params, 0.9, "erk")
+  end = 10 * rounds * steps
+  variants = {
+      "dense": inner,
+      "rigl": dynamic.rigl(inner, masks, update_every=EVERY, end_step=end),
+      "set": dynamic.set_(inner, masks, jax.random.key(2), update_every=EVERY, end_step=end),
+  }
+  k = jax.random.split(jax.random.key(0), 2)
+  xs, ys = jax.random.normal(k[0], (16, 128, *shape)), jax.random.randint(k[1], (16, 128), 0, 10)
+  batches = jax.block_until_ready([(xs[i], ys[i]) for i in range(len(xs))])
+  step_fns = {v: make_step(apply, opt) for v, opt in variants.items()}
+  carries = {v: (params, opt.init(params)) for v, opt in variants.items()}
+  for v in variants:  # compile and warm up
+    carries[v], _ = time_steps(step_fns[v], carries[v], batches, 3)
+  times = {v: [] for v in variants}
+  updates = {v: [] for v in variants}
+  names = list(variants)
+  for r in range(rounds):
+    for v in names[r % len(names):] + names[:r % len(names)]:
+      start = int(carries[v][1].count) if v != "dense" else 0
+      carries[v], t = time_steps(step_fns[v], carries[v], batches, steps)
+      times[v].append(t)
+      updates[v].append(np.array([(start + i) > 0 and (start + i) % EVERY == 0
+                                  for i in range(steps)]))
+  dense = np.concatenate(times["dense"])
+  print(f"{name}: dense step {np.median(dense) * 1e3:.3f} ms median, {len(dense)} steps per "
+        f"variant, connections moved every {EVERY} steps")
+  for v in ("rigl", "set"):
+    t, upd = np.concatenate(times[v]), np.concatenate(updates[v])
+    amortized = [a.sum() / d.sum() for a, d in zip(times[v], times["dense"])]
+    print(f"  {v}: ordinary step / dense {np.median(t[~upd]) / np.median(dense):.3f}; whole runs "
+          f"/ dense {np.mean(amortized):.3f} ({min(amortized):.3f}-{max(amortized):.3f}); "
+          f"update step / ordinary step {np.median(t[upd]) / np.median(t[~upd]):.2f} "
+          f"({int(upd.sum())} updates)")
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--rounds", type=int, default=7)
+  parser.add_argument("--steps", type=int, default=200)
+  parser.add_argument("--models", default="lenet,cnn", help="comma-separated: lenet, cnn")
+  args = parser.parse_args()
+  print(f"jax {jax.__version__} on {jax.devices()[0].platform}, batch 128, 90% sparsity (ERK)")
+  chosen = args.models.split(",")
+  if "lenet" in chosen:
+    bench("LeNet-300-100", lenet, args.rounds, args.steps)
+  if "cnn" in chosen:
+    bench("small CNN 32x32x3", small_cnn, args.rounds, args.steps)
+
+
+if __name__ == "__main__":
+  main()
