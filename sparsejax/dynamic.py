@@ -79,6 +79,11 @@ def drop_and_grow(params: PyTree, masks: PyTree, grow_scores: PyTree, fraction: 
           jax.tree.map(lambda p: p[1], pairs, is_leaf=is_pair))
 
 
+def _both(a: PyTree, b: PyTree) -> PyTree:
+  """Masks keeping what both ``a`` and ``b`` keep (never-pruned leaves as they are)."""
+  return jax.tree.map(lambda x, y: x & y if masks_lib.is_prunable_mask(x) else x, a, b)
+
+
 def _check(name: str, value: Any, ok: bool, meaning: str) -> None:
   if not ok:
     raise ValueError(f"{name}={value!r}: {meaning}.")
@@ -136,32 +141,26 @@ def dynamic_sparse(inner: optax.GradientTransformation, initial_masks: PyTree, *
   def update_fn(updates, state, params=None, **extra_args):
     transforms._require_params(params, "dynamic_sparse")
     step = state.count
-    no_growth = jax.tree.map(lambda m: jnp.zeros(jnp.shape(m), bool), state.masks)
 
-    def move(operands):
-      masks, inner_state = operands
+    def move(masks, inner_state):
       if grow == "gradient":
         scores = jax.tree.map(jnp.abs, updates)
       else:
-        step_key = jax.random.fold_in(state.key, step)
         leaves, treedef = jax.tree.flatten(params)
-        keys = jax.random.split(step_key, len(leaves))
+        keys = jax.random.split(jax.random.fold_in(state.key, step), len(leaves))
         scores = treedef.unflatten([jax.random.uniform(k, jnp.shape(x))
                                     for k, x in zip(keys, leaves)])
-      new, grown = drop_and_grow(params, masks, scores, fraction(step),
-                                 regrow_dropped=regrow_dropped)
-      grown = jax.tree.map(lambda g, m: jnp.broadcast_to(g, jnp.shape(m)), grown, masks)
-      # The moved weights (dropped and grown) leave nothing in the optimizer state.
-      unchanged = jax.tree.map(lambda a, b: a & b if masks_lib.is_prunable_mask(b) else b,
-                               new, masks)
-      return new, transforms._zero_pruned_state(inner, inner_state, unchanged), grown
+      new, _ = drop_and_grow(params, masks, scores, fraction(step),
+                             regrow_dropped=regrow_dropped)
+      # The moved weights (dropped and grown) leave nothing in the optimizer state, and only
+      # the weights active before and after take this step: the grown ones sit out their first
+      # (exactly 0.0, a zero state).
+      stepping = _both(new, masks)
+      return new, stepping, transforms._zero_pruned_state(inner, inner_state, stepping)
 
     due = (step > 0) & (step % update_every == 0) & (step < end_step)
-    masks, inner_state, grown = lax.cond(
-        due, move, lambda ops: (*ops, no_growth), (state.masks, state.inner_state))
-    # Grown weights sit out this step: they stay exactly 0.0 with a zero optimizer state.
-    stepping = jax.tree.map(lambda m, g: m & ~g if masks_lib.is_prunable_mask(m) else m,
-                            masks, grown)
+    masks, stepping, inner_state = lax.cond(due, move, lambda m, s: (m, m, s),
+                                            state.masks, state.inner_state)
     updates, inner_state = transforms._masked_update(inner, updates, inner_state, params,
                                                      stepping, extra_args)
     return updates, DynamicSparseState(optax.safe_increment(state.count), masks, inner_state,
