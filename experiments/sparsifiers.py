@@ -236,6 +236,7 @@ def snip(ctx: Context) -> Sparsifier:
   n = min(ctx.config.snip_batch_size, data.num_train)
   perm = data_lib.epoch_permutation(ctx.key, 0, data.num_train)
   x, y = data_lib.batch_at(data.train_x, data.train_y, perm, 0, n)
+  x, y = jax.device_get((x, y))  # beside the initial params (the data may lie on a mesh)
   grads, _ = jax.grad(ctx.task.loss, has_aux=True)(ctx.params, ctx.model_state, x, y, True)
   masks = pruning.snip(ctx.params, grads, ctx.config.final_sparsity, ctx.config.distribution,
                        ctx.prunable)

@@ -81,7 +81,7 @@ def test_one_device_mesh_trains_like_no_mesh(tmp_path):
 
 EIGHT_DEVICES = textwrap.dedent("""
     import tempfile
-    import jax, numpy as np
+    import jax, numpy as np, pytest
     from jax.sharding import PartitionSpec as P
     from experiments import config as config_lib, setup as setup_lib, trainer
     from experiments.parsing import ConfigError
@@ -134,6 +134,18 @@ EIGHT_DEVICES = textwrap.dedent("""
     conv = dict(model="conv2", sparsifier="dense", steps="20it", eval_every="20it",
                 log_every="20it", checkpoint_every="20it")
     same(run("", **conv), run("data", **conv))
+    # Every protocol runs on the mesh: lottery tickets with a control (levels read back from
+    # files beside params trained on the mesh) and SNIP (its batch at init).
+    from experiments import experiment
+    imp = experiment.run(digits_config(protocol="imp", levels=1, steps="40it", rewind="10it",
+                                       controls=("reinit",), eval_every="40it", log_every="40it",
+                                       checkpoint_every="40it", mesh="data"), tempfile.mkdtemp())
+    assert imp["levels"][1]["density"] == pytest.approx(0.8, abs=1e-3), imp["levels"]
+    assert set(imp["levels"][1]["controls"]) == {"reinit"}, imp["levels"][1]
+    snip = experiment.run(digits_config(sparsifier="snip", steps="20it", eval_every="20it",
+                                        log_every="20it", checkpoint_every="20it", mesh="data"),
+                          tempfile.mkdtemp())
+    assert abs(snip["density"] - 0.1) < 1e-3
     try:
       run("data", batch_size=60)
     except ConfigError as e:

@@ -208,6 +208,12 @@ class Replicate:
     return state
 
 
+def _host(tree):
+  """A training's results as host arrays for :mod:`sparsejax.lottery`: trained on a mesh
+  (``config.mesh``), they would not mix with the params it reads from its files."""
+  return jax.device_get(tree)
+
+
 def _train_level(rep: Replicate, params, masks, *, level: int, start_step: int):
   """The ``train`` function of :func:`sparsejax.lottery.run` for one replicate."""
   del start_step  # level 0 starts at 0, later levels at the rewind step (rep.start_state)
@@ -231,7 +237,7 @@ def _train_level(rep: Replicate, params, masks, *, level: int, start_step: int):
     rewind_params = None
   state, summary = rep.train(state, directory, label)
   final = state if state is not None else rep.load_final(directory, params)
-  return final["params"], summary, rewind_params
+  return _host((final["params"], summary, rewind_params))
 
 
 def _control_dir(rep: Replicate, level: int, name: str) -> str:
@@ -323,7 +329,7 @@ def _instability(rep: Replicate, level: lottery.Level) -> dict:
     state, copy_dir = _copy_start(rep, level, params, copy)
     state, _ = rep.train(state, copy_dir, f"[level {level.level} instability copy {copy}] ")
     final = state if state is not None else rep.load_final(copy_dir, params)
-    return final["params"], final["model_state"]
+    return _host((final["params"], final["model_state"]))
 
   return _barrier(rep, level, train_copy)
 
@@ -433,8 +439,8 @@ def _train_levels(stacked: Stacked, reps: list[Replicate],
                                   reset_optimizer=reps[r].config.reset_optimizer)
               for r in batch]
   finals = stacked.train_to_end(states, dirs, directory, label)
-  return {r: (final["params"], workdir.read_json(os.path.join(d, "summary.json")),
-              reps[r].rewind_state()["params"] if level == 0 else None)
+  return {r: _host((final["params"], workdir.read_json(os.path.join(d, "summary.json")),
+                    reps[r].rewind_state()["params"] if level == 0 else None))
           for r, final, d in zip(batch, finals, dirs)}
 
 
@@ -483,7 +489,8 @@ def _stacked_instability(stacked: Stacked, reps: list[Replicate],
   finals = stacked.train_to_end(list(states), list(dirs),
                                 stacked.directory(level, "instability", batch),
                                 f"[level {level} instability copies of replicates {batch}] ")
-  networks = {job: (final["params"], final["model_state"]) for job, final in zip(jobs, finals)}
+  networks = {job: _host((final["params"], final["model_state"]))
+              for job, final in zip(jobs, finals)}
   for r in batch:
     out[r] = _barrier(reps[r], levels[r], lambda params, copy, r=r: networks[(r, copy)])
   return out
