@@ -25,7 +25,6 @@ import os
 import pathlib
 import statistics
 import sys
-import time
 
 
 def _devices_flag() -> None:
@@ -41,11 +40,13 @@ _devices_flag()
 import jax  # noqa: E402  (the device count is fixed when JAX starts)
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 from experiments import config as config_lib  # noqa: E402
 from experiments import data as data_lib  # noqa: E402
 from experiments import setup as setup_lib  # noqa: E402
 from experiments import trainer  # noqa: E402
+from replicates import interleaved  # noqa: E402
 
 MODELS = {
     # name: (model, input shape, global batch size)
@@ -78,28 +79,14 @@ def build(name: str, sparsifier: str, mesh: str, data):
   return [trainer.make_train_steps(task, sp), state]
 
 
-def run(variant, steps: int) -> float:
-  fn, state = variant
-  start = time.perf_counter()
-  variant[1], out = fn(state, steps)  # the step donates the state it is given
-  jax.block_until_ready((variant[1], out))
-  return time.perf_counter() - start
-
-
 def bench(name: str, sparsifiers: list[str], rounds: int, steps: int) -> list[str]:
   _, shape, _ = MODELS[name]
   data = data_lib.synthetic(shape, 6000)
   variants = {"dense, 1 device": build(name, "dense", "", data)}
   variants.update({s: build(name, s, "data", data) for s in sparsifiers})
-  for variant in variants.values():
-    run(variant, steps)  # compile
-  times = {v: [] for v in variants}
-  order = list(variants)
-  for r in range(rounds):
-    for v in order[r % len(order):] + order[:r % len(order)]:
-      times[v].append(run(variants[v], steps) / steps * 1e3)
+  times = interleaved(variants, rounds, steps)
   lines = []
-  for v in order:
+  for v in variants:
     ratio = [x / y for x, y in zip(times[v], times["dense" if "dense" in times else v])]
     lines.append(f"| {name} | {v} | {statistics.median(times[v]):.2f} | "
                  f"{statistics.median(ratio):.2f} ({min(ratio):.2f}-{max(ratio):.2f}) |")

@@ -13,7 +13,6 @@ including the update steps (amortized), and one update step over an ordinary ste
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 import sys
 
@@ -24,7 +23,7 @@ import optax
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from overhead import lenet, make_step, small_cnn, time_steps  # noqa: E402
+from overhead import main_for, make_step, time_steps  # noqa: E402
 from sparsejax import dynamic, pruning  # noqa: E402
 
 EVERY = 50
@@ -70,17 +69,7 @@ def bench(name, build, rounds, steps):
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--rounds", type=int, default=7)
-  parser.add_argument("--steps", type=int, default=200)
-  parser.add_argument("--models", default="lenet,cnn", help="comma-separated: lenet, cnn")
-  args = parser.parse_args()
-  print(f"jax {jax.__version__} on {jax.devices()[0].platform}, batch 128, 90% sparsity (ERK)")
-  chosen = args.models.split(",")
-  if "lenet" in chosen:
-    bench("LeNet-300-100", lenet, args.rounds, args.steps)
-  if "cnn" in chosen:
-    bench("small CNN 32x32x3", small_cnn, args.rounds, args.steps)
+  main_for(__doc__.splitlines()[0], "90% sparsity (ERK)", bench)
 
 
 if __name__ == "__main__":

@@ -143,19 +143,24 @@ def sort_seconds(params, repeats=20) -> float:
   return float(np.median(times))
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main_for(description: str, setting: str, bench) -> None:
+  """The command line of this benchmark and of ``dynamic_step.py``: ``bench(name, build,
+  rounds, steps)`` for each model asked for."""
+  parser = argparse.ArgumentParser(description=description)
   parser.add_argument("--rounds", type=int, default=7)
   parser.add_argument("--steps", type=int, default=200)
   parser.add_argument("--models", default="lenet,cnn", help="comma-separated: lenet, cnn")
   args = parser.parse_args()
-  print(f"jax {jax.__version__} on {jax.devices()[0].platform}, batch 128, "
-        f"mask update every {FREQUENCY} steps")
-  models = args.models.split(",")
-  if "lenet" in models:
+  print(f"jax {jax.__version__} on {jax.devices()[0].platform}, batch 128, {setting}")
+  chosen = args.models.split(",")
+  if "lenet" in chosen:
     bench("LeNet-300-100", lenet, args.rounds, args.steps)
-  if "cnn" in models:
+  if "cnn" in chosen:
     bench("small CNN 32x32x3", small_cnn, args.rounds, args.steps)
+
+
+def main():
+  main_for(__doc__.splitlines()[0], f"mask update every {FREQUENCY} steps", bench)
 
 
 if __name__ == "__main__":

@@ -89,8 +89,10 @@ def run(variant, steps: int) -> float:
   return time.perf_counter() - start
 
 
-def bench(name: str, n: int, rounds: int, steps: int, sparsifier: str) -> list[str]:
-  variants = build(name, n, sparsifier)
+def interleaved(variants: dict, rounds: int, steps: int) -> dict[str, list[float]]:
+  """Milliseconds per step of each variant (``[train_steps, state or states]``), ``rounds``
+  chunks of ``steps`` each after a compiling one; the order rotates every round, so no variant
+  always runs first (or right after another). ``data_parallel.py`` times with it too."""
   for variant in variants.values():
     run(variant, steps)  # compile
   times = {v: [] for v in variants}
@@ -98,6 +100,11 @@ def bench(name: str, n: int, rounds: int, steps: int, sparsifier: str) -> list[s
   for r in range(rounds):
     for v in order[r % len(order):] + order[:r % len(order)]:
       times[v].append(run(variants[v], steps) / steps * 1e3)
+  return times
+
+
+def bench(name: str, n: int, rounds: int, steps: int, sparsifier: str) -> list[str]:
+  times = interleaved(build(name, n, sparsifier), rounds, steps)
   median = {v: statistics.median(t) for v, t in times.items()}
   ratio = lambda a, b: [x / y for x, y in zip(times[a], times[b])]
   vs, ab = ratio("vectorized", "sequential"), ratio("all batched", "vectorized")

@@ -73,7 +73,7 @@ def drop_and_grow(params: PyTree, masks: PyTree, grow_scores: PyTree, fraction: 
     grown = selection.top_k_masks([selection.order_keys(score, eligible)], k)[0]
     return kept | grown, grown
 
-  pairs = jax.tree.map(one, params, masks, grow_scores, is_leaf=lambda x: x is None)
+  pairs = jax.tree.map(one, params, masks, grow_scores)
   is_pair = lambda x: isinstance(x, tuple)
   return (jax.tree.map(lambda p: p[0], pairs, is_leaf=is_pair),
           jax.tree.map(lambda p: p[1], pairs, is_leaf=is_pair))

@@ -122,13 +122,13 @@ def train(setup: Setup) -> dict:
                                    "density_hard"))
 
 
-def replicates_of(setup: Setup, restartable_fn=restartable) -> tuple[list, list[str]]:
+def replicates_of(setup: Setup) -> tuple[list, list[str]]:
   """The configs and directories of the replicates of ``setup`` (each directory prepared)."""
   n = setup.config.replicates
   configs = [replicates_lib.replicate_config(setup.config, i) for i in range(n)]
   dirs = [replicates_lib.replicate_dir(setup.workdir, i) for i in range(n)]
   for single, directory in zip(configs, dirs):
-    workdir.prepare(directory, single, restartable=restartable_fn)
+    workdir.prepare(directory, single, restartable=restartable)
   return configs, dirs
 
 
