@@ -60,6 +60,17 @@ def holds_checkpoint(directory: str) -> bool:
   return os.path.isdir(checkpoints) and any(name.isdigit() for name in os.listdir(checkpoints))
 
 
+def _added_at_default(previous: dict, current: dict, keys: Sequence[str]) -> list[str]:
+  """The ``keys`` a run's recorded config lacks that now hold their registered defaults.
+
+  A key is added with a default that keeps what runs did before it, so a run recorded by an
+  older version resumes under a config that only adds such keys.
+  """
+  from experiments import config as config_lib  # the registries import this module
+  defaults = json.loads(config_lib.defaults().to_json())
+  return [k for k in keys if k not in previous and k in defaults and current.get(k) == defaults[k]]
+
+
 def prepare(workdir: str, config: ml_collections.ConfigDict, *, extendable: Sequence[str] = (),
             restartable: Callable[[str], bool] = lambda workdir: False) -> None:
   """Creates ``workdir``, or checks that the run it holds has the same config.
@@ -88,7 +99,13 @@ def prepare(workdir: str, config: ml_collections.ConfigDict, *, extendable: Sequ
   if previous is not None:
     differing = sorted(k for k in set(previous) | set(current)
                        if previous.get(k) != current.get(k))
+    added = _added_at_default(previous, current, differing)
+    if added:
+      logging.info("%s was started before the keys %s existed; their defaults keep its "
+                   "behaviour", workdir, ", ".join(added))
+      differing = [k for k in differing if k not in added]
     if not differing:
+      write_json(path, current)
       return
     detail = ", ".join(f"{k}: {previous.get(k)!r} -> {current.get(k)!r}" for k in differing)
     same_kind = all(previous.get(k) == current.get(k) for k in ("protocol", "sparsifier"))

@@ -13,6 +13,7 @@ sorting (:mod:`sparsejax.selection`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -136,3 +137,42 @@ def snip(params: PyTree, grads: PyTree, sparsity: Any, distribution: str = "glob
   """SNIP: one-shot pruning at initialization by |g * w| (Lee et al. 2019)."""
   masks = masks_lib.ones_like(params, prunable)
   return prune(scores_lib.snip(params, grads), sparsity, masks, distribution, params=params)
+
+
+def grasp(params: PyTree, loss_fn: Callable[[PyTree], jax.Array], sparsity: Any,
+          distribution: str = "global", prunable: masks_lib.Prunable = None) -> PyTree:
+  """GraSP: one-shot pruning at initialization by w * Hg (Wang, Zhang & Grosse 2020).
+
+  ``loss_fn(params) -> loss`` on a batch of training data; GraSP's code divides the logits by a
+  temperature T = 200 first (the runner's ``grasp`` sparsifier does). The paper prunes globally.
+  """
+  masks = masks_lib.ones_like(params, prunable)
+  hg = scores_lib.hessian_gradient_product(loss_fn, params, masks)
+  return prune(scores_lib.grasp(params, hg), sparsity, masks, distribution, params=params)
+
+
+def synflow(forward: Callable[[PyTree], jax.Array], params: PyTree, sparsity: Any,
+            iterations: int = 100, distribution: str = "global",
+            prunable: masks_lib.Prunable = None) -> PyTree:
+  """Iterative Synaptic Flow Pruning (Tanaka et al. 2020, Algorithm 1), data-free.
+
+  ``iterations`` rounds k = 1..n each score the masked network (:func:`scores.synflow`, with
+  ``forward`` running it on an input of ones) and prune to the density (1 - sparsity)^(k/n), the
+  paper's exponential schedule (n = 100 by default), globally as in the paper. Pruned weights
+  score 0 and stay pruned. The last round prunes to ``sparsity`` itself, so the count is exactly
+  that of one-shot pruning at ``sparsity``. The rounds run in one ``lax.fori_loop``; under
+  ``jit`` the whole algorithm is one program.
+  """
+  if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+    raise ValueError(f"iterations={iterations!r} must be a positive int (the paper uses 100).")
+  masks_lib.check_sparsity(sparsity)
+  masks = masks_lib.conform(params, masks_lib.ones_like(params, prunable))
+  sparsity = jnp.asarray(sparsity, jnp.float32)
+
+  def round_(k, masks):
+    density = (1.0 - sparsity) ** ((k + 1) / iterations)
+    s = jnp.where(k == iterations - 1, sparsity, 1.0 - density)
+    return prune(scores_lib.synflow(forward, params, masks), s, masks, distribution,
+                 params=params)
+
+  return jax.lax.fori_loop(0, iterations, round_, masks)

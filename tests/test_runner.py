@@ -428,3 +428,21 @@ def test_workdir_with_a_different_config(completed_cli_run, tmp_path):
   assert_one_line_error(result, "seed", "different config")
   after = {p.relative_to(workdir): p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
   assert after == before  # nothing written, nothing removed
+
+
+def test_run_recorded_before_a_key_existed_resumes(tmp_path):
+  """A config.json without a key added since (at its default) still resumes; a key it lacks
+  that is set to another value is a different config."""
+  config = digits_config(steps="100it")
+  first = experiment.run(config, str(tmp_path))
+  recorded = read_json(tmp_path / "config.json")
+  del recorded["grasp_temperature"], recorded["mesh"]
+  (tmp_path / "config.json").write_text(json.dumps(recorded))
+  again = experiment.run(digits_config(steps="100it"), str(tmp_path))
+  assert again["test_accuracy"] == first["test_accuracy"]
+  assert "grasp_temperature" in read_json(tmp_path / "config.json")
+  recorded = read_json(tmp_path / "config.json")
+  del recorded["mesh"]
+  (tmp_path / "config.json").write_text(json.dumps(recorded))
+  with pytest.raises(config_lib.ConfigError, match="mesh: None -> 'data'"):
+    experiment.run(digits_config(steps="100it", mesh="data"), str(tmp_path))
