@@ -202,6 +202,8 @@ def test_layout_summary_and_report(name, request):
   assert summary["method"] == "imp" and summary["replicates"] == config.replicates
   rows = summary["levels"]
   assert [r["level"] for r in rows] == list(range(config.levels + 1))
+  for key in ("test_accuracy", "best_test_accuracy", "density", "early_stop_step"):
+    assert summary[key] == rows[-1][key], key  # the final ticket, as sweeps tabulate it
   for row in rows:
     for key in ROW_KEYS:
       assert row[key] is not None, (key, row)

@@ -582,6 +582,11 @@ def imp(setup: Setup) -> dict:
   summary = {"protocol": "imp", "method": "imp", "model": config.model,
              "dataset": config.dataset, "rewind_step": rewind_step,
              "replicates": config.replicates, "levels": report.aggregate(rows)}
+  # The last level's ticket at the top, as one training's summary has it, so that sweeps
+  # tabulate lottery tickets beside the other methods.
+  final = summary["levels"][-1] if summary["levels"] else {}
+  summary.update({k: final[k] for k in ("test_accuracy", "best_test_accuracy", "density",
+                                        "early_stop_step") if k in final})
   workdir.write_json(os.path.join(setup.workdir, "summary.json"), summary)
   report.write(setup.workdir, summary)
   return summary
