@@ -26,6 +26,7 @@ from experiments import group_sparsifiers, models, parsing, protocols, sparsifie
 from experiments import parallel as parallel_lib
 from experiments import pdp_sparsifiers  # noqa: F401  (registers pdp and ste)
 from experiments import dynamic_sparsifiers  # noqa: F401  (registers rigl and set)
+from experiments import sap_sparsifier  # noqa: F401  (registers sap)
 from experiments import init_sparsifiers  # noqa: F401  (registers grasp and synflow)
 from experiments.parsing import ConfigError, parse_duration, parse_overrides  # noqa: F401
 from experiments.registry import PROTOCOLS, SPARSIFIERS

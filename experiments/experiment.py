@@ -7,6 +7,8 @@ the config surfaces before the workdir is written.
 
 from __future__ import annotations
 
+import json
+
 import ml_collections
 
 from experiments import config as config_lib
@@ -28,10 +30,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         f"trains with its own masks; leave sparsifier={unused!r}.")
   # Data, model and prunable-layer errors come before the workdir records the config, so that the
   # corrected config can still use the same workdir.
-  setup = setup_lib.build(config, workdir)
+  key_defaults = json.loads(config_lib.defaults().to_json())
+  setup = setup_lib.build(config, workdir, key_defaults)
   for entry in (protocol, SPARSIFIERS.get(config.sparsifier)):
     if entry.check is not None:
       entry.check(setup)
   workdir_lib.prepare(workdir, config, extendable=protocol.options.get("extendable", ()),
-                      restartable=protocol.options.get("restartable", lambda directory: False))
+                      restartable=protocol.options.get("restartable", lambda directory: False),
+                      defaults=key_defaults)
   return protocol.build(setup)

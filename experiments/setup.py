@@ -33,6 +33,8 @@ class Setup:
   workdir: str
   task: trainer.Task
   prunable: masks_lib.Prunable
+  # Every key's default (experiments.config.defaults()), for workdirs recorded before a key existed.
+  key_defaults: dict = dataclasses.field(default_factory=dict)
 
   @functools.cached_property
   def param_shapes(self) -> PyTree:
@@ -135,10 +137,12 @@ def check_prunable(config: ml_collections.ConfigDict, params: PyTree, prunable) 
                       f"{config.model} ({layers}); exclude fewer.") from None
 
 
-def build(config: ml_collections.ConfigDict, workdir: str) -> Setup:
+def build(config: ml_collections.ConfigDict, workdir: str,
+          key_defaults: dict | None = None) -> Setup:
   """The run's :class:`Setup`; raises :class:`ConfigError` for what the config gets wrong."""
   data = load_data(config)
   task = build_task(config, data)
-  setup = Setup(config, workdir, task, masks_lib.rule(exclude=config.prune_exclude or None))
+  setup = Setup(config, workdir, task, masks_lib.rule(exclude=config.prune_exclude or None),
+                dict(key_defaults or {}))
   check_prunable(config, setup.param_shapes, setup.prunable)
   return setup

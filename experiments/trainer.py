@@ -22,6 +22,7 @@ import dataclasses
 import functools
 import math
 import os
+import re
 import signal
 import threading
 import time
@@ -42,6 +43,7 @@ from experiments.parsing import ConfigError, parse_duration
 from experiments.sparsifiers import Sparsifier
 from experiments.workdir import Checkpoints, MetricWriter
 from sparsejax import masks as masks_lib
+from sparsejax import pqi
 
 PyTree = Any
 EVAL_BATCH = 1000
@@ -349,6 +351,31 @@ def density(masks: PyTree) -> float:
   return int(kept) / total
 
 
+@jax.jit
+def _pq_indices(params: PyTree, masks: PyTree):
+  """The PQ Index of the retained prunable weights, of the model and of each layer."""
+  return pqi.global_pq_index(params, masks), pqi.layer_pq_index(params, masks)
+
+
+_PATH_KEY = re.compile(r"\['((?:[^'\\]|\\.)*)'\]|\[(\d+)\]|\.(\w+)")
+
+
+def metric_name(path: str) -> str:
+  """A key path as a metric name: ``['dense1']['kernel']`` -> ``dense1/kernel`` (an NNX
+  Variable's ``.value`` adds nothing)."""
+  names = [key or index or attribute for key, index, attribute in _PATH_KEY.findall(path)
+           if attribute != "value"]
+  return "/".join(names) or path
+
+
+def pq_metrics(params: PyTree, masks: PyTree) -> dict[str, float]:
+  """``pqi``: the PQ Index (p = 0.5, q = 1; :mod:`sparsejax.pqi`) of all retained prunable
+  weights of ``params * masks``, and ``pqi/<layer>`` that of each prunable layer."""
+  model, layers = jax.device_get(_pq_indices(params, masks))
+  return {"pqi": float(model), **{f"pqi/{metric_name(path)}": float(value)
+                                  for path, value in layers.items()}}
+
+
 @dataclasses.dataclass(frozen=True)
 class Replicates:
   """Independent trainings stacked along a leading axis of one state, trained as one program.
@@ -436,10 +463,11 @@ def train(task: Task, sparsifier: Sparsifier, train_steps: Callable, evaluate: C
   :func:`make_evaluate`, called on the effective params.
 
   Returns the final state and a summary dict (test accuracy, best accuracy, early-stop step,
-  density, steps, wall seconds). Everything is written under ``workdir``: ``checkpoints/``,
-  ``metrics.jsonl``, ``tensorboard/``. An unreadable latest checkpoint is passed over for the one
-  before it. SIGTERM (a preemption) saves a checkpoint at the end of the running chunk of steps
-  and raises :class:`Preempted`.
+  density, PQ Index, steps, wall seconds). Every log row holds the train loss and accuracy, the
+  density and the PQ Index of the retained weights (:func:`pq_metrics`). Everything is written
+  under ``workdir``: ``checkpoints/``, ``metrics.jsonl``, ``tensorboard/``. An unreadable latest
+  checkpoint is passed over for the one before it. SIGTERM (a preemption) saves a checkpoint at
+  the end of the running chunk of steps and raises :class:`Preempted`.
 
   With ``replicates`` (``train_steps`` and ``evaluate`` built for them), the state holds them
   all: ``workdir`` gets the checkpoints, each replicate's directory its own ``metrics.jsonl`` and
@@ -502,9 +530,11 @@ def train(task: Task, sparsifier: Sparsifier, train_steps: Callable, evaluate: C
         now = time.time()
         rate = (step - last_log_step) / max(now - last_log_time, 1e-9)
         for row, record, view in zip(rows, records, views(state)):
+          masks = masks_of(sparsifier, view)
           row.update(train_loss=record.train_loss_sum / record.train_steps,
                      train_accuracy=record.train_correct / (record.train_steps * task.batch_size),
-                     density=density(masks_of(sparsifier, view)), steps_per_second=rate)
+                     density=density(masks), steps_per_second=rate,
+                     **pq_metrics(view["params"], masks))
           record.train_loss_sum, record.train_correct, record.train_steps = 0.0, 0, 0
         last_log_time, last_log_step = now, step
       if step % d.eval_every == 0 or step == end:
@@ -535,6 +565,7 @@ def train(task: Task, sparsifier: Sparsifier, train_steps: Callable, evaluate: C
 
   summaries = [{
       "density": density(masks_of(sparsifier, view)),
+      "pqi": pq_metrics(view["params"], masks_of(sparsifier, view))["pqi"],
       "test_accuracy": record.evals[-1][2],
       "test_loss": record.evals[-1][1],
       **record.best(),

@@ -19,7 +19,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -60,19 +60,19 @@ def holds_checkpoint(directory: str) -> bool:
   return os.path.isdir(checkpoints) and any(name.isdigit() for name in os.listdir(checkpoints))
 
 
-def _added_at_default(previous: dict, current: dict, keys: Sequence[str]) -> list[str]:
-  """The ``keys`` a run's recorded config lacks that now hold their registered defaults.
+def _added_at_default(previous: dict, current: dict, keys: Sequence[str],
+                      defaults: Mapping[str, Any]) -> list[str]:
+  """The ``keys`` a run's recorded config lacks that now hold their ``defaults``.
 
   A key is added with a default that keeps what runs did before it, so a run recorded by an
   older version resumes under a config that only adds such keys.
   """
-  from experiments import config as config_lib  # the registries import this module
-  defaults = json.loads(config_lib.defaults().to_json())
   return [k for k in keys if k not in previous and k in defaults and current.get(k) == defaults[k]]
 
 
 def prepare(workdir: str, config: ml_collections.ConfigDict, *, extendable: Sequence[str] = (),
-            restartable: Callable[[str], bool] = lambda workdir: False) -> None:
+            restartable: Callable[[str], bool] = lambda workdir: False,
+            defaults: Mapping[str, Any] | None = None) -> None:
   """Creates ``workdir``, or checks that the run it holds has the same config.
 
   Args:
@@ -81,6 +81,8 @@ def prepare(workdir: str, config: ml_collections.ConfigDict, *, extendable: Sequ
     extendable: keys whose value may grow in place (the protocol reuses what is done).
     restartable: whether the run in a workdir holds nothing to resume (it stopped before its
       first checkpoint, e.g. on a NaN loss), so that any config may replace it.
+    defaults: every key's default (as JSON values): a key the recorded config lacks and the
+      config holds at its default does not make the configs differ.
   """
   try:
     os.makedirs(workdir, exist_ok=True)
@@ -99,7 +101,7 @@ def prepare(workdir: str, config: ml_collections.ConfigDict, *, extendable: Sequ
   if previous is not None:
     differing = sorted(k for k in set(previous) | set(current)
                        if previous.get(k) != current.get(k))
-    added = _added_at_default(previous, current, differing)
+    added = _added_at_default(previous, current, differing, defaults or {})
     if added:
       logging.info("%s was started before the keys %s existed; their defaults keep its "
                    "behaviour", workdir, ", ".join(added))

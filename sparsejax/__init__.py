@@ -13,7 +13,9 @@ from sparsejax import masks
 from sparsejax import metrics
 from sparsejax import nm
 from sparsejax import pdp
+from sparsejax import pqi
 from sparsejax import pruning
+from sparsejax import sap
 from sparsejax import schedules
 from sparsejax import scores
 from sparsejax import selection
@@ -23,4 +25,5 @@ from sparsejax import transforms
 __version__ = "0.1.0"
 
 __all__ = ["connectivity", "distributions", "dynamic", "files", "lottery", "masks", "metrics", "nm",
-           "pdp", "pruning", "schedules", "scores", "selection", "structured", "transforms"]
+           "pdp", "pqi", "pruning", "sap", "schedules", "scores", "selection", "structured",
+           "transforms"]

@@ -261,3 +261,34 @@ def test_unknown_method_names_both_registries():
     config_lib.finalize(config)
   for name in registry.PROTOCOLS.names() + registry.SPARSIFIERS.names():
     assert repr(name) in str(error.value)
+
+
+ALL_METHODS = {"dense", "magnitude", "random", "snip", "grasp", "synflow", "set", "rigl", "sap",
+               "pdp", "imp"}
+
+
+@pytest.mark.parametrize("name,model", [("table_all_lenet300_fashion", "lenet300"),
+                                        ("table_all_conv4_fashion", "conv4")])
+def test_all_methods_tables(name, model):
+  """Every method at 90% and 98% for seeds 0-2 (dense once per seed); the lottery tickets'
+  levels end at the sparsity; every point is a valid config of the model."""
+  spec = importlib.util.spec_from_file_location(f"configs_under_test.{name}",
+                                                CONFIG_DIR / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  points = list(module.sweep_all())
+  method = lambda p: p.get("protocol") or p["sparsifier"]
+  assert {method(p) for p in points} == ALL_METHODS
+  cells = {}
+  for p in points:
+    cells.setdefault((method(p), p.get("final_sparsity")), []).append(p["seed"])
+  assert cells.pop(("dense", None)) == [0, 1, 2]
+  assert set(cells) == {(m, s) for m in ALL_METHODS - {"dense"} for s in (0.9, 0.98)}
+  assert all(sorted(seeds) == [0, 1, 2] for seeds in cells.values())
+  for p in points:
+    if method(p) == "imp":
+      assert (1 - p["prune_fraction"]) ** p["levels"] == pytest.approx(
+          1 - p["final_sparsity"], rel=1e-5)
+    config = module.get_config()
+    config.update(p)
+    assert config_lib.finalize(config).model == model

@@ -431,18 +431,20 @@ def test_workdir_with_a_different_config(completed_cli_run, tmp_path):
 
 
 def test_run_recorded_before_a_key_existed_resumes(tmp_path):
-  """A config.json without a key added since (at its default) still resumes; a key it lacks
-  that is set to another value is a different config."""
-  config = digits_config(steps="100it")
-  first = experiment.run(config, str(tmp_path))
-  recorded = read_json(tmp_path / "config.json")
-  del recorded["grasp_temperature"], recorded["mesh"]
-  (tmp_path / "config.json").write_text(json.dumps(recorded))
-  again = experiment.run(digits_config(steps="100it"), str(tmp_path))
+  """A config.json without a key added since (at its default) still resumes, the replicates'
+  too; a key it lacks that is set to another value is a different config."""
+  config = lambda **o: digits_config(steps="100it", replicates=2, **o)
+  first = experiment.run(config(), str(tmp_path))
+  for path in (tmp_path / "config.json", tmp_path / "replicate_1" / "config.json"):
+    recorded = read_json(path)
+    del recorded["grasp_temperature"], recorded["mesh"]
+    path.write_text(json.dumps(recorded))
+  again = experiment.run(config(), str(tmp_path))
   assert again["test_accuracy"] == first["test_accuracy"]
-  assert "grasp_temperature" in read_json(tmp_path / "config.json")
-  recorded = read_json(tmp_path / "config.json")
-  del recorded["mesh"]
-  (tmp_path / "config.json").write_text(json.dumps(recorded))
+  assert "grasp_temperature" in read_json(tmp_path / "replicate_1" / "config.json")
+  for path in (tmp_path / "config.json", tmp_path / "replicate_0" / "config.json"):
+    recorded = read_json(path)
+    del recorded["mesh"]
+    path.write_text(json.dumps(recorded))
   with pytest.raises(config_lib.ConfigError, match="mesh: None -> 'data'"):
-    experiment.run(digits_config(steps="100it", mesh="data"), str(tmp_path))
+    experiment.run(config(mesh="data"), str(tmp_path))

@@ -118,8 +118,8 @@ def train(setup: Setup) -> dict:
     summaries = [_train_one(setup, single, setup.key(i), directory, f"replicate {i}: ")
                  for i, (single, directory) in enumerate(zip(configs, dirs))]
   return write_replicates_summary(setup.workdir, _header(config), config, configs, summaries,
-                                  ("test_accuracy", "test_loss", "density", "test_accuracy_hard",
-                                   "density_hard"))
+                                  ("test_accuracy", "test_loss", "density", "pqi",
+                                   "test_accuracy_hard", "density_hard"))
 
 
 def replicates_of(setup: Setup) -> tuple[list, list[str]]:
@@ -128,7 +128,7 @@ def replicates_of(setup: Setup) -> tuple[list, list[str]]:
   configs = [replicates_lib.replicate_config(setup.config, i) for i in range(n)]
   dirs = [replicates_lib.replicate_dir(setup.workdir, i) for i in range(n)]
   for single, directory in zip(configs, dirs):
-    workdir.prepare(directory, single, restartable=restartable)
+    workdir.prepare(directory, single, restartable=restartable, defaults=setup.key_defaults)
   return configs, dirs
 
 
