@@ -101,7 +101,7 @@ def test_grasp_scores_equal_weights_times_explicit_hessian_times_gradient():
   masks = masks_lib.ones_like(params)
   flat, unravel = jax.flatten_util.ravel_pytree(params)
   flat_loss = lambda v: loss(unravel(v))
-  h = np.asarray(jax.hessian(flat_loss)(flat), np.float64)
+  h = np.asarray(jax.jit(jax.hessian(flat_loss))(flat), np.float64)
   g = np.asarray(jax.grad(flat_loss)(flat), np.float64)
   is_kernel, _ = jax.flatten_util.ravel_pytree(
       jax.tree.map(lambda m, p: jnp.full(p.shape, masks_lib.is_prunable_mask(m), jnp.float32),

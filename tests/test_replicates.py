@@ -22,8 +22,6 @@ METHODS = {  # dense is the magnitude run's inner optimizer, vectorized in every
                   "pruning_frequency": "4it"},
     "random": {"final_sparsity": 0.8, "distribution": "erk"},
     "snip": {"final_sparsity": 0.8},
-    "grasp": {"final_sparsity": 0.8, "distribution": "global"},
-    "synflow": {"final_sparsity": 0.8, "distribution": "global", "synflow_iterations": 10},
     "pdp": {"final_sparsity": 0.8, "pdp_warmup": "10it", "pdp_rate": 1.0},
     "ste": {"final_sparsity": 0.8, "pdp_warmup": "10it", "pdp_rate": 1.0},
 }
