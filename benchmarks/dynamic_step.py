@@ -6,7 +6,11 @@ and ``set_`` around it at 90% sparsity (random ERK masks) moving connections eve
 run is far from ``end_step``, so every update step moves connections.
 
 Printed per model: each method's ordinary step over dense (median), its whole runs over dense's
-including the update steps (amortized), and one update step over an ordinary step.
+including the update steps (amortized), and one update step over an ordinary step; each step a
+jitted call from Python, synchronized. Then the way the runner trains: chunks of ``--steps``
+steps in one jitted ``lax.fori_loop`` (``experiments.trainer.make_train_steps``), timed whole,
+interleaved round by round, each chunk holding its update steps (one every 50 steps); the ratio
+of the summed chunk times to dense's.
 
   python benchmarks/dynamic_step.py [--rounds 7] [--steps 200] [--models lenet,cnn]
 """
@@ -16,9 +20,12 @@ from __future__ import annotations
 import pathlib
 import sys
 
+import time
+
 import jax
 import numpy as np
 import optax
+from jax import lax
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
@@ -66,6 +73,37 @@ def bench(name, build, rounds, steps):
           f"/ dense {np.mean(amortized):.3f} ({min(amortized):.3f}-{max(amortized):.3f}); "
           f"update step / ordinary step {np.median(t[upd]) / np.median(t[~upd]):.2f} "
           f"({int(upd.sum())} updates)")
+  fused(name, variants, apply, params, batches, rounds, steps)
+
+
+def fused(name, variants, apply, params, batches, rounds, steps):
+  """Chunks of ``steps`` steps in one ``lax.fori_loop`` per variant, as the runner trains."""
+  xs = jax.numpy.stack([x for x, _ in batches])
+  ys = jax.numpy.stack([y for _, y in batches])
+
+  def chunk_fn(opt):
+    step = make_step(apply, opt)
+
+    @jax.jit
+    def chunk(params, state):
+      def body(i, carry):
+        return step(*carry, xs[i % len(xs)], ys[i % len(ys)])
+      return lax.fori_loop(0, steps, body, (params, state))
+    return chunk
+
+  chunks = {v: chunk_fn(opt) for v, opt in variants.items()}
+  carries = {v: jax.block_until_ready(chunks[v](params, opt.init(params)))
+             for v, opt in variants.items()}  # compile, and the first update lies behind
+  totals = {v: 0.0 for v in variants}
+  names = list(variants)
+  for r in range(rounds):
+    for v in names[r % len(names):] + names[:r % len(names)]:
+      t0 = time.perf_counter()
+      carries[v] = jax.block_until_ready(chunks[v](*carries[v]))
+      totals[v] += time.perf_counter() - t0
+  print(f"  fused chunks of {steps} steps (the runner's fori_loop, connections moved every "
+        f"{EVERY} steps): dense {totals['dense'] / (rounds * steps) * 1e3:.3f} ms per step; "
+        + "; ".join(f"{v} / dense {totals[v] / totals['dense']:.3f}" for v in ("rigl", "set")))
 
 
 def main():

@@ -24,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ("pdp_step.py", ["--rounds", "1", "--steps", "2", "--models", "lenet300"],
      "| LeNet-300-100 | pdp sort |"),
     ("dynamic_step.py", ["--rounds", "1", "--steps", "60", "--models", "lenet"],
-     "rigl: ordinary step / dense"),
+     "steps): dense"),
     ("data_parallel.py", ["--devices", "2", "--rounds", "1", "--steps", "2", "--models",
                           "lenet300", "--sparsifiers", "magnitude"], "| lenet300 | magnitude |"),
 ])
