@@ -14,4 +14,5 @@ def get_config():
   config = conv4_cifar10.get_config()
   config.dataset = "fashion_mnist"
   config.augment = False
+  config.sparsifier = "dense"  # conv4_cifar10.py's is magnitude pruning
   return config

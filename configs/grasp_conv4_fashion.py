@@ -7,14 +7,10 @@ with the logits divided by T = 200, as the authors' code. Training as
 25K iterations) with the masks fixed.
 """
 
-from configs import conv4_fashion
+from configs import conv4_fashion, grasp_lenet300_fashion
 
 
 def get_config():
   config = conv4_fashion.get_config()
-  config.sparsifier = "grasp"
-  config.final_sparsity = 0.9
-  config.distribution = "global"
-  config.grasp_samples_per_class = 10
-  config.grasp_temperature = 200.0
+  grasp_lenet300_fashion.set_method(config)
   return config

@@ -10,11 +10,16 @@ with the logits divided by T = 200, as the authors' code. Training as
 from configs import lenet300_dense
 
 
-def get_config():
-  config = lenet300_dense.get_config()
+def set_method(config) -> None:
+  """GraSP as here, on any training recipe (``configs/grasp_conv4_fashion.py``)."""
   config.sparsifier = "grasp"
   config.final_sparsity = 0.9
   config.distribution = "global"
   config.grasp_samples_per_class = 10
   config.grasp_temperature = 200.0
+
+
+def get_config():
+  config = lenet300_dense.get_config()
+  set_method(config)
   return config

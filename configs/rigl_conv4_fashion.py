@@ -6,15 +6,10 @@ connections moved every delta = 100 steps with the drop fraction alpha = 0.3 dec
 to 0 at T_end = 75% of training, grown where the dense gradient is largest, starting at 0.0.
 """
 
-from configs import conv4_fashion
+from configs import conv4_fashion, rigl_lenet300_fashion
 
 
 def get_config():
   config = conv4_fashion.get_config()
-  config.sparsifier = "rigl"
-  config.final_sparsity = 0.9
-  config.dst_distribution = "erk"
-  config.dst_update_every = "100it"
-  config.dst_end = "75%"
-  config.dst_drop_fraction = 0.3
+  rigl_lenet300_fashion.set_method(config)
   return config

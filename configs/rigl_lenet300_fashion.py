@@ -12,12 +12,17 @@ ERK masks at the start, connections moved every delta = 100 steps with the drop 
 from configs import lenet300_dense
 
 
-def get_config():
-  config = lenet300_dense.get_config()
+def set_method(config) -> None:
+  """RigL as here, on any training recipe (``configs/rigl_conv4_fashion.py``)."""
   config.sparsifier = "rigl"
   config.final_sparsity = 0.9
   config.dst_distribution = "erk"
   config.dst_update_every = "100it"
   config.dst_end = "75%"
   config.dst_drop_fraction = 0.3
+
+
+def get_config():
+  config = lenet300_dense.get_config()
+  set_method(config)
   return config

@@ -15,8 +15,8 @@ and pruning stops at ``final_sparsity`` = 0.9 (a cap of ours, for comparison at 
 from configs import lenet300_dense
 
 
-def get_config():
-  config = lenet300_dense.get_config()
+def set_method(config) -> None:
+  """SAP as here, on any training recipe (``configs/sap_conv4_fashion.py``)."""
   config.sparsifier = "sap"
   config.final_sparsity = 0.9
   config.sap_begin = "1ep"
@@ -28,4 +28,9 @@ def get_config():
   config.sap_gamma = 1.0
   config.sap_beta = 0.9
   config.sap_scope = "global"
+
+
+def get_config():
+  config = lenet300_dense.get_config()
+  set_method(config)
   return config

@@ -6,13 +6,10 @@ weights, an input of ones) and pruning globally on the exponential schedule to 9
 ``configs/conv4_fashion.py`` (the LTH paper's Conv-4 recipe) with the masks fixed.
 """
 
-from configs import conv4_fashion
+from configs import conv4_fashion, synflow_lenet300_fashion
 
 
 def get_config():
   config = conv4_fashion.get_config()
-  config.sparsifier = "synflow"
-  config.final_sparsity = 0.9
-  config.distribution = "global"
-  config.synflow_iterations = 100
+  synflow_lenet300_fashion.set_method(config)
   return config

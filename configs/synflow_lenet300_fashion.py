@@ -9,10 +9,15 @@ weights, an input of ones) and pruning globally on the exponential schedule to 9
 from configs import lenet300_dense
 
 
-def get_config():
-  config = lenet300_dense.get_config()
+def set_method(config) -> None:
+  """SynFlow as here, on any training recipe (``configs/synflow_conv4_fashion.py``)."""
   config.sparsifier = "synflow"
   config.final_sparsity = 0.9
   config.distribution = "global"
   config.synflow_iterations = 100
+
+
+def get_config():
+  config = lenet300_dense.get_config()
+  set_method(config)
   return config

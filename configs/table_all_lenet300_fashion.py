@@ -27,7 +27,8 @@ sparsity, 3 seeds each, at one training budget (OpenLTH's 40-epoch recipe)::
   40-epoch recipe, so a ticket costs 11 or 19 trainings; its entry is the last level's.
 """
 
-from configs import table_lenet300_fashion
+from configs import (grasp_lenet300_fashion, rigl_lenet300_fashion, sap_lenet300_fashion,
+                     synflow_lenet300_fashion, table_lenet300_fashion)
 from experiments.sweep_lib import product
 
 SEEDS = (0, 1, 2)
@@ -54,18 +55,15 @@ def imp_points(sparsities=SPARSITIES, levels=IMP_LEVELS):
 
 
 def set_method_keys(config, sap_every: str) -> None:
-  """The keys of set / rigl, grasp / synflow and sap as in their configs (``configs/rigl_*``,
-  ``grasp_*``, ``synflow_*``, ``sap_*``), SAP pruning every ``sap_every`` from epoch 1 to 75%
-  with gamma = 5 (see the module docstring)."""
-  config.dst_distribution = "erk"
-  config.dst_update_every = "100it"
-  config.dst_end = "75%"
-  config.dst_drop_fraction = 0.3
-  config.grasp_samples_per_class = 10
-  config.grasp_temperature = 200.0
-  config.synflow_iterations = 100
-  config.sap_begin, config.sap_end, config.sap_every = "1ep", "75%", sap_every
-  config.sap_scope = "global"
+  """The keys of set / rigl, grasp, synflow and sap as their configs set them (``configs/rigl_*``,
+  ``grasp_*``, ``synflow_*``, ``sap_*``), with SAP pruning every ``sap_every`` from epoch 1 to
+  75% and gamma = 5 (see the module docstring); the points choose the sparsifier."""
+  sparsifier, distribution = config.sparsifier, config.distribution
+  for method in (rigl_lenet300_fashion, grasp_lenet300_fashion, synflow_lenet300_fashion,
+                 sap_lenet300_fashion):
+    method.set_method(config)
+  config.sparsifier, config.distribution = sparsifier, distribution
+  config.sap_every = sap_every
   config.sap_gamma = 5.0
 
 

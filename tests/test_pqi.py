@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from sparsejax import masks as masks_lib
 from sparsejax import pqi, sap, schedules, transforms
+from test_hesso import random_grads_step
 
 PQ = st.tuples(st.floats(0.05, 3.0), st.floats(0.05, 3.0)).filter(
     lambda pq: pq[1] - pq[0] > 0.05)
@@ -232,16 +233,7 @@ def test_prune_counts_per_layer_and_global():
 def train(opt, params, steps, seed=0):
   """(params, masks) before each step and after the last, from a jitted step on random grads."""
   state = opt.init(params)
-
-  @jax.jit
-  def step(params, state, key):
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(key, len(leaves))
-    grads = jax.tree.unflatten(treedef, [jax.random.normal(k, x.shape)
-                                         for k, x in zip(keys, leaves)])
-    updates, state = opt.update(grads, state, params)
-    return transforms.apply_updates(params, updates, state), state
-
+  step = random_grads_step(opt)
   history = [(params, transforms.get_masks(state))]
   for t in range(steps):
     params, state = step(params, state, jax.random.fold_in(jax.random.key(seed), t))
