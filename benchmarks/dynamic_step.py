@@ -10,7 +10,8 @@ including the update steps (amortized), and one update step over an ordinary ste
 jitted call from Python, synchronized. Then the way the runner trains: chunks of ``--steps``
 steps in one jitted ``lax.fori_loop`` (``experiments.trainer.make_train_steps``), timed whole,
 interleaved round by round, each chunk holding its update steps (one every 50 steps); the ratio
-of the summed chunk times to dense's.
+of the summed chunk times to dense's, beside ``static_masks`` (the masked step alone) and a RigL
+that never moves anything (its step's cond without updates).
 
   python benchmarks/dynamic_step.py [--rounds 7] [--steps 200] [--models lenet,cnn]
 """
@@ -30,8 +31,8 @@ from jax import lax
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from overhead import main_for, make_step, time_steps  # noqa: E402
-from sparsejax import dynamic, pruning  # noqa: E402
+from overhead import compiled, main_for, make_step, rotating, time_steps  # noqa: E402
+from sparsejax import dynamic, pruning, transforms  # noqa: E402
 
 EVERY = 50
 
@@ -46,23 +47,15 @@ def bench(name, build, rounds, steps):
       "rigl": dynamic.rigl(inner, masks, update_every=EVERY, end_step=end),
       "set": dynamic.set_(inner, masks, jax.random.key(2), update_every=EVERY, end_step=end),
   }
-  k = jax.random.split(jax.random.key(0), 2)
-  xs, ys = jax.random.normal(k[0], (16, 128, *shape)), jax.random.randint(k[1], (16, 128), 0, 10)
-  batches = jax.block_until_ready([(xs[i], ys[i]) for i in range(len(xs))])
-  step_fns = {v: make_step(apply, opt) for v, opt in variants.items()}
-  carries = {v: (params, opt.init(params)) for v, opt in variants.items()}
-  for v in variants:  # compile and warm up
-    carries[v], _ = time_steps(step_fns[v], carries[v], batches, 3)
+  batches, step_fns, carries = compiled(apply, params, shape, variants)
   times = {v: [] for v in variants}
   updates = {v: [] for v in variants}
-  names = list(variants)
-  for r in range(rounds):
-    for v in names[r % len(names):] + names[:r % len(names)]:
-      start = int(carries[v][1].count) if v != "dense" else 0
-      carries[v], t = time_steps(step_fns[v], carries[v], batches, steps)
-      times[v].append(t)
-      updates[v].append(np.array([(start + i) > 0 and (start + i) % EVERY == 0
-                                  for i in range(steps)]))
+  for v in rotating(list(variants), rounds):
+    start = int(carries[v][1].count) if v != "dense" else 0
+    carries[v], t = time_steps(step_fns[v], carries[v], batches, steps)
+    times[v].append(t)
+    updates[v].append(np.array([(start + i) > 0 and (start + i) % EVERY == 0
+                                for i in range(steps)]))
   dense = np.concatenate(times["dense"])
   print(f"{name}: dense step {np.median(dense) * 1e3:.3f} ms median, {len(dense)} steps per "
         f"variant, connections moved every {EVERY} steps")
@@ -73,10 +66,14 @@ def bench(name, build, rounds, steps):
           f"/ dense {np.mean(amortized):.3f} ({min(amortized):.3f}-{max(amortized):.3f}); "
           f"update step / ordinary step {np.median(t[upd]) / np.median(t[~upd]):.2f} "
           f"({int(upd.sum())} updates)")
-  fused(name, variants, apply, params, batches, rounds, steps)
+  # Where the fused loop's cost lies: the masked step alone, and RigL's step without updates.
+  inner, masks = variants["dense"], pruning.random(jax.random.key(1), params, 0.9, "erk")
+  fused({**variants, "static_masks": transforms.static_masks(inner, masks),
+         "rigl, never moving": dynamic.rigl(inner, masks, update_every=10**9, end_step=10**9)},
+        apply, params, batches, rounds, steps)
 
 
-def fused(name, variants, apply, params, batches, rounds, steps):
+def fused(variants, apply, params, batches, rounds, steps):
   """Chunks of ``steps`` steps in one ``lax.fori_loop`` per variant, as the runner trains."""
   xs = jax.numpy.stack([x for x, _ in batches])
   ys = jax.numpy.stack([y for _, y in batches])
@@ -95,15 +92,14 @@ def fused(name, variants, apply, params, batches, rounds, steps):
   carries = {v: jax.block_until_ready(chunks[v](params, opt.init(params)))
              for v, opt in variants.items()}  # compile, and the first update lies behind
   totals = {v: 0.0 for v in variants}
-  names = list(variants)
-  for r in range(rounds):
-    for v in names[r % len(names):] + names[:r % len(names)]:
-      t0 = time.perf_counter()
-      carries[v] = jax.block_until_ready(chunks[v](*carries[v]))
-      totals[v] += time.perf_counter() - t0
+  for v in rotating(list(variants), rounds):
+    t0 = time.perf_counter()
+    carries[v] = jax.block_until_ready(chunks[v](*carries[v]))
+    totals[v] += time.perf_counter() - t0
   print(f"  fused chunks of {steps} steps (the runner's fori_loop, connections moved every "
         f"{EVERY} steps): dense {totals['dense'] / (rounds * steps) * 1e3:.3f} ms per step; "
-        + "; ".join(f"{v} / dense {totals[v] / totals['dense']:.3f}" for v in ("rigl", "set")))
+        + "; ".join(f"{v} / dense {totals[v] / totals['dense']:.3f}" for v in variants
+                    if v != "dense"))
 
 
 def main():

@@ -72,6 +72,25 @@ def make_step(apply, opt):
   return step
 
 
+def rotating(names: list, rounds: int):
+  """The variants' names, ``rounds`` times over, the order rotating every round, so that no
+  variant always runs first (or right after another). Every benchmark interleaves with it."""
+  for r in range(rounds):
+    yield from names[r % len(names):] + names[:r % len(names)]
+
+
+def compiled(apply, params, shape, variants: dict):
+  """(batches, jitted step of each variant, its (params, state) after 3 warm-up steps): 16
+  random batches of 128 inputs of ``shape``, the same for every variant."""
+  k = jax.random.split(jax.random.key(0), 2)
+  xs, ys = jax.random.normal(k[0], (16, 128, *shape)), jax.random.randint(k[1], (16, 128), 0, 10)
+  batches = jax.block_until_ready([(xs[i], ys[i]) for i in range(len(xs))])
+  step_fns = {v: make_step(apply, opt) for v, opt in variants.items()}
+  carries = {v: time_steps(step_fns[v], (params, opt.init(params)), batches, 3)[0]
+             for v, opt in variants.items()}
+  return batches, step_fns, carries
+
+
 def time_steps(step, carry, batches, n):
   """Runs n steps over the list of (x, y) ``batches`` in turn; the carry and each step's wall time.
 
@@ -97,24 +116,15 @@ def bench(name, build, rounds, steps):
       "b": transforms.static_masks(inner, masks),
       "c": transforms.magnitude_pruning(inner, schedule),
   }
-  k = jax.random.split(jax.random.key(0), 2)
-  xs, ys = jax.random.normal(k[0], (16, 128, *shape)), jax.random.randint(k[1], (16, 128), 0, 10)
-  batches = jax.block_until_ready([(xs[i], ys[i]) for i in range(len(xs))])
-  steps_fns = {v: make_step(apply, opt) for v, opt in variants.items()}
-  carries = {v: (params, opt.init(params)) for v, opt in variants.items()}
-  for v in variants:  # compile and warm up
-    carries[v], _ = time_steps(steps_fns[v], carries[v], batches, 3)
+  batches, steps_fns, carries = compiled(apply, params, shape, variants)
   times = {v: [] for v in variants}
   update_mask = []
-  names = list(variants)
-  for r in range(rounds):
-    # The order rotates every round, so no variant always runs first (or right after another).
-    for v in names[r % len(names):] + names[:r % len(names)]:
-      start = int(carries[v][1].count) if v == "c" else None
-      carries[v], t = time_steps(steps_fns[v], carries[v], batches, steps)
-      times[v].append(t)
-      if v == "c":
-        update_mask.append(np.array([bool(schedule.is_update_step(start + i)) for i in range(steps)]))
+  for v in rotating(list(variants), rounds):
+    start = int(carries[v][1].count) if v == "c" else None
+    carries[v], t = time_steps(steps_fns[v], carries[v], batches, steps)
+    times[v].append(t)
+    if v == "c":
+      update_mask.append(np.array([bool(schedule.is_update_step(start + i)) for i in range(steps)]))
   a, b, c = (np.concatenate(times[v]) for v in "abc")
   upd = np.concatenate(update_mask)
   med_a = np.median(a)

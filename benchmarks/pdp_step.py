@@ -65,6 +65,7 @@ from experiments import data as data_lib
 from experiments import pdp_sparsifiers, trainer
 from experiments import setup as setup_lib
 from experiments.registry import SPARSIFIERS
+from overhead import rotating  # this script's directory
 from sparsejax import masks as masks_lib
 
 MODELS = {
@@ -153,12 +154,10 @@ def bench(model: str, rounds: int, steps: int, num_train: int) -> list[str]:
   for v, (train_steps, state, _, _) in built.items():  # compile and warm up
     states[v], _ = jax.block_until_ready(train_steps(state, 2))
   per_step = {v: [] for v in VARIANTS}
-  names = list(VARIANTS)
-  for r in range(rounds):
-    for v in names[r % len(names):] + names[:r % len(names)]:
-      t0 = time.perf_counter()
-      states[v], _ = jax.block_until_ready(built[v][0](states[v], steps))
-      per_step[v].append((time.perf_counter() - t0) / steps)
+  for v in rotating(list(VARIANTS), rounds):
+    t0 = time.perf_counter()
+    states[v], _ = jax.block_until_ready(built[v][0](states[v], steps))
+    per_step[v].append((time.perf_counter() - t0) / steps)
   dense = np.median(per_step["dense"])
   rows = []
   for v in VARIANTS:

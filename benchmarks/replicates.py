@@ -41,6 +41,7 @@ from experiments import config as config_lib
 from experiments import data as data_lib
 from experiments import replicates, trainer
 from experiments import setup as setup_lib
+from overhead import rotating  # this script's directory
 
 MODELS = {
     # name: (model, input shape, batch size)
@@ -96,10 +97,8 @@ def interleaved(variants: dict, rounds: int, steps: int) -> dict[str, list[float
   for variant in variants.values():
     run(variant, steps)  # compile
   times = {v: [] for v in variants}
-  order = list(variants)
-  for r in range(rounds):
-    for v in order[r % len(order):] + order[:r % len(order)]:
-      times[v].append(run(variants[v], steps) / steps * 1e3)
+  for v in rotating(list(variants), rounds):
+    times[v].append(run(variants[v], steps) / steps * 1e3)
   return times
 
 

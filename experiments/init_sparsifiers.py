@@ -29,11 +29,10 @@ import numpy as np
 
 from experiments import data as data_lib
 from experiments import parsing, trainer
-from experiments.sparsifiers import Context, Sparsifier, register, with_masks
-from experiments.sparsifiers import DISTRIBUTIONS
+from experiments.sparsifiers import (SPARSITY_KEYS, Context, Sparsifier, register,
+                                     validate_sparsity, with_masks)
+from sparsejax import masks as masks_lib
 from sparsejax import pruning, transforms
-
-_KEYS = {"final_sparsity": 0.9, "distribution": "uniform"}  # shared with the other sparsifiers
 
 
 def _positive(config, name: str, kind: tuple[type, ...], what: str) -> None:
@@ -42,19 +41,14 @@ def _positive(config, name: str, kind: tuple[type, ...], what: str) -> None:
     raise parsing.ConfigError(f"{name}={value!r} must be a positive {what}.")
 
 
-def _validate_common(config) -> None:
-  parsing.check_fraction("final_sparsity", config.final_sparsity)
-  parsing.choice("distribution", config.distribution, DISTRIBUTIONS)
-
-
 def _validate_grasp(config) -> None:
-  _validate_common(config)
+  validate_sparsity(config)
   _positive(config, "grasp_samples_per_class", (int,), "int (GraSP uses 10)")
   _positive(config, "grasp_temperature", (int, float), "number (GraSP uses 200)")
 
 
 def _validate_synflow(config) -> None:
-  _validate_common(config)
+  validate_sparsity(config)
   _positive(config, "synflow_iterations", (int,), "int (SynFlow uses 100)")
 
 
@@ -70,7 +64,7 @@ def balanced_batch(key: jax.Array, data: data_lib.Dataset, per_class: int):
 
 
 @register("grasp", validate=_validate_grasp,
-          keys={**_KEYS, "grasp_samples_per_class": 10, "grasp_temperature": 200.0})
+          keys={**SPARSITY_KEYS, "grasp_samples_per_class": 10, "grasp_temperature": 200.0})
 def grasp(ctx: Context) -> Sparsifier:
   """GraSP (Wang et al. 2020): one-shot w * Hg on a class-balanced batch at initialization."""
   c = ctx.config
@@ -86,15 +80,14 @@ def grasp(ctx: Context) -> Sparsifier:
   return with_masks(transforms.static_masks(ctx.inner, masks))
 
 
-@register("synflow", validate=_validate_synflow, keys={**_KEYS, "synflow_iterations": 100})
+@register("synflow", validate=_validate_synflow, keys={**SPARSITY_KEYS, "synflow_iterations": 100})
 def synflow(ctx: Context) -> Sparsifier:
   """Iterative Synaptic Flow Pruning (Tanaka et al. 2020): data-free, at initialization."""
   c = ctx.config
   model = ctx.task.model
   ones = jnp.ones((1, *ctx.task.data.train_x.shape[1:]), jnp.float32)
-  model_state = jax.tree.map(
-      lambda v: jnp.abs(v) if jnp.issubdtype(jnp.result_type(v), jnp.floating) else v,
-      jax.device_get(ctx.model_state))
+  model_state = jax.tree.map(lambda v: jnp.abs(v) if masks_lib.is_floating(v) else v,
+                             jax.device_get(ctx.model_state))
 
   def forward(params):
     return model.apply(params, model_state, ones, train=False)[0]

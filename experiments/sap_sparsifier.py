@@ -26,7 +26,7 @@ is ours, about T = 30 pruning steps over a 40-epoch run as the paper's T = 30 it
 from __future__ import annotations
 
 from experiments import parsing
-from experiments.sparsifiers import Context, Sparsifier, register, with_masks
+from experiments.sparsifiers import Context, Sparsifier, register, window, with_masks
 from sparsejax import pqi, sap, schedules
 
 KEYS = {"final_sparsity": 0.9, "sap_begin": "1ep", "sap_end": "75%", "sap_every": "1ep",
@@ -52,11 +52,7 @@ def _validate(config) -> None:
 
 def _steps(config, durations) -> tuple[int, int, int]:
   """(begin, end, every) of the pruning steps."""
-  spe = durations.steps_per_epoch
-  begin = parsing.parse_duration(config.sap_begin, spe, "sap_begin")
-  end = parsing.parse_duration(config.sap_end, spe, "sap_end", total=durations.total)
-  every = max(1, parsing.parse_duration(config.sap_every, spe, "sap_every"))
-  return begin, end, every
+  return window(config, durations, "sap_begin", "sap_end", "sap_every")
 
 
 def _check(setup) -> None:

@@ -93,12 +93,12 @@ def dense(ctx: Context) -> Sparsifier:
   return Sparsifier(ctx.inner, lambda opt_state, params: masks_lib.ones_like(params, prunable))
 
 
-def _validate_sparsity(config) -> None:
+def validate_sparsity(config) -> None:
   parsing.check_fraction("final_sparsity", config.final_sparsity)
   parsing.choice("distribution", config.distribution, DISTRIBUTIONS)
 
 
-_SPARSITY_KEYS = {"final_sparsity": 0.9, "distribution": "uniform"}
+SPARSITY_KEYS = {"final_sparsity": 0.9, "distribution": "uniform"}
 
 
 PRUNING_SCOPES = ("unstructured", "nm")
@@ -113,7 +113,7 @@ def _parse_nm(config) -> tuple[int, int]:
 
 
 def _validate_magnitude(config) -> None:
-  _validate_sparsity(config)
+  validate_sparsity(config)
   parsing.check_durations(config, "pruning_begin", "pruning_frequency", percent=["pruning_end"])
   if config.pruning_power <= 0:
     raise parsing.ConfigError(f"pruning_power={config.pruning_power!r} must be positive "
@@ -122,12 +122,19 @@ def _validate_magnitude(config) -> None:
   _parse_nm(config)
 
 
+def window(config, durations, begin: str, end: str, every: str) -> tuple[int, int, int]:
+  """(begin, end, every) in steps of a pruning window given by the config keys named: ``begin``
+  and ``every`` durations, ``end`` a duration or a percentage of the training; every >= 1."""
+  spe = durations.steps_per_epoch
+  return (parsing.parse_duration(config[begin], spe, begin),
+          parsing.parse_duration(config[end], spe, end, total=durations.total),
+          max(1, parsing.parse_duration(config[every], spe, every)))
+
+
 def _magnitude_steps(config, durations) -> tuple[int, int, int]:
   """(begin, end, frequency) of the pruning schedule, in steps (end > begin)."""
-  spe = durations.steps_per_epoch
-  begin = parsing.parse_duration(config.pruning_begin, spe, "pruning_begin")
-  end = parsing.parse_duration(config.pruning_end, spe, "pruning_end", total=durations.total)
-  frequency = max(1, parsing.parse_duration(config.pruning_frequency, spe, "pruning_frequency"))
+  begin, end, frequency = window(config, durations, "pruning_begin", "pruning_end",
+                                 "pruning_frequency")
   return begin, max(end, begin + 1), frequency
 
 
@@ -181,7 +188,7 @@ def _check_magnitude(setup) -> None:
 
 
 @register("magnitude", validate=_validate_magnitude, check=_check_magnitude,
-          keys={**_SPARSITY_KEYS, "pruning_begin": "0it", "pruning_end": "75%",
+          keys={**SPARSITY_KEYS, "pruning_begin": "0it", "pruning_end": "75%",
                 "pruning_frequency": "100it", "pruning_power": 3.0,
                 "pruning_scope": "unstructured", "nm": NM_DEFAULT})
 def magnitude(ctx: Context) -> Sparsifier:
@@ -214,7 +221,7 @@ def magnitude(ctx: Context) -> Sparsifier:
                                                  ctx.prunable))
 
 
-@register("random", validate=_validate_sparsity, keys=_SPARSITY_KEYS)
+@register("random", validate=validate_sparsity, keys=SPARSITY_KEYS)
 def random(ctx: Context) -> Sparsifier:
   """Random pruning at initialization with uniform / ER / ERK densities (Liu et al. 2022)."""
   masks = pruning.random(ctx.key, ctx.params, ctx.config.final_sparsity, ctx.config.distribution,
@@ -223,13 +230,13 @@ def random(ctx: Context) -> Sparsifier:
 
 
 def _validate_snip(config) -> None:
-  _validate_sparsity(config)
+  validate_sparsity(config)
   if config.snip_batch_size <= 0:
     raise parsing.ConfigError(
         f"snip_batch_size={config.snip_batch_size!r} must be a positive integer.")
 
 
-@register("snip", validate=_validate_snip, keys={**_SPARSITY_KEYS, "snip_batch_size": 128})
+@register("snip", validate=_validate_snip, keys={**SPARSITY_KEYS, "snip_batch_size": 128})
 def snip(ctx: Context) -> Sparsifier:
   """SNIP (Lee et al. 2019): one-shot |g * w| on one training batch at initialization."""
   data = ctx.task.data

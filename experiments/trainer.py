@@ -563,13 +563,16 @@ def train(task: Task, sparsifier: Sparsifier, train_steps: Callable, evaluate: C
         raise Preempted(f"{label}stopped by SIGTERM at step {step} of {end}; the checkpoint is "
                         f"saved in {workdir}: run the same command to resume.")
 
-  summaries = [{
-      "density": density(masks_of(sparsifier, view)),
-      "pqi": pq_metrics(view["params"], masks_of(sparsifier, view))["pqi"],
-      "test_accuracy": record.evals[-1][2],
-      "test_loss": record.evals[-1][1],
-      **record.best(),
-      "steps": step,
-      "wall_seconds": time.time() - start_wall,
-  } for record, view in zip(records, views(state))]
+  summaries = []
+  for record, view in zip(records, views(state)):
+    masks = masks_of(sparsifier, view)
+    summaries.append({
+        "density": density(masks),
+        "pqi": pq_metrics(view["params"], masks)["pqi"],
+        "test_accuracy": record.evals[-1][2],
+        "test_loss": record.evals[-1][1],
+        **record.best(),
+        "steps": step,
+        "wall_seconds": time.time() - start_wall,
+    })
   return state, summaries[0] if replicates is None else summaries
