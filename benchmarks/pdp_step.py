@@ -18,7 +18,10 @@ Variants, interleaved round by round (the order rotating) in one process, so tha
 hits all of them alike:
 
   dense      the dense optimizer alone (``sparsifier='dense'``);
-  pdp        PDP soft masks, unstructured, ``final_sparsity=0.9``;
+  pdp        PDP soft masks, unstructured, ``final_sparsity=0.9``; each step's thresholds are
+             searched from the last step's (``previous`` of ``sparsejax.pdp.thresholds``);
+  pdp cold   the same, with every search started from a sample of the layer instead (what the
+             warm start saves);
   pdp 2:4    PDP soft masks, ``pdp_scope='nm'``, ``nm='2:4'`` (Conv-4: ``prune_exclude='conv1'``,
              as ``configs/pdp_nm_conv4_fashion.py``; LeNet-300-100's inputs 784, 300 and 100 are
              all multiples of 4);
@@ -74,7 +77,7 @@ MODELS = {
                  pdp_lenet300_fashion.get_config, 100),
     "conv4": ("Conv-4", pdp_conv4_fashion.get_config, pdp_nm_conv4_fashion.get_config, 2),
 }
-VARIANTS = ("dense", "pdp", "pdp 2:4", "ste", "ste 2:4", "pdp sort")
+VARIANTS = ("dense", "pdp", "pdp cold", "pdp 2:4", "ste", "ste 2:4", "pdp sort")
 
 
 synthetic_data = functools.lru_cache(maxsize=1)(data_lib.synthetic)
@@ -116,6 +119,13 @@ def sort_forward(schedule: pdp_sparsifiers.Schedule, tau: float, prunable):
   return forward
 
 
+class ColdSchedule(pdp_sparsifiers.Schedule):
+  """PDP's schedule with each step's thresholds searched without the last step's."""
+
+  def thresholds(self, params, targets, step, previous=None):
+    return super().thresholds(params, targets, step)
+
+
 def build(model: str, variant: str, num_train: int):
   """(train_steps, state, sparsifier, task) of ``variant``, as the runner builds them."""
   config = variant_config(model, variant)
@@ -130,12 +140,16 @@ def build(model: str, variant: str, num_train: int):
   key = setup.key()
   params, model_state = setup.init(key)
   sparsifier = setup.sparsifier(params, model_state, key)
+  d = task.durations
+  schedule = pdp_sparsifiers.Schedule(config.final_sparsity, 0, d.steps_per_epoch,
+                                      config.pdp_rate, "unstructured", 2, 4, setup.prunable)
   if variant == "pdp sort":
-    d = task.durations
-    schedule = pdp_sparsifiers.Schedule(config.final_sparsity, 0, d.steps_per_epoch,
-                                        config.pdp_rate, "unstructured", 2, 4, setup.prunable)
     sparsifier = dataclasses.replace(
         sparsifier, forward=sort_forward(schedule, config.pdp_tau, setup.prunable))
+  if variant == "pdp cold":
+    cold = ColdSchedule(*(getattr(schedule, f.name) for f in dataclasses.fields(schedule)))
+    sparsifier = dataclasses.replace(
+        sparsifier, tx=cold.transformation(setup.inner_optimizer(), with_thresholds=True))
   state = trainer.init_state(params, model_state, sparsifier.tx, key)
   return trainer.make_train_steps(task, sparsifier), state, sparsifier, task
 

@@ -108,10 +108,12 @@ class Schedule:
     return pdp.hard_masks(params, self.sparsities(targets, step), self.scope, self.n, self.m,
                           self.prunable)
 
-  def thresholds(self, params: PyTree, targets: PyTree, step: Any) -> PyTree:
-    """PDP's thresholds of ``params`` at ``step`` (:func:`sparsejax.pdp.thresholds`)."""
+  def thresholds(self, params: PyTree, targets: PyTree, step: Any,
+                 previous: PyTree = None) -> PyTree:
+    """PDP's thresholds of ``params`` at ``step`` (:func:`sparsejax.pdp.thresholds`), searched
+    from the ``previous`` step's."""
     return pdp.thresholds(lax.stop_gradient(params), self.sparsities(targets, step), self.scope,
-                          self.n, self.m, self.prunable)
+                          self.n, self.m, self.prunable, previous)
 
   def transformation(self, inner: optax.GradientTransformation,
                      with_thresholds: bool = False) -> optax.GradientTransformation:
@@ -120,7 +122,9 @@ class Schedule:
 
     The thresholds are computed once per step, here, from the new params, so that the forward
     passes of the next step (and evaluations) only apply them. They are those of the params the
-    runner trains, ``optax.apply_updates(params, updates)``.
+    runner trains, ``optax.apply_updates(params, updates)``; each layer's search starts from the
+    layer's threshold one step earlier, which is close (``previous`` of
+    :func:`sparsejax.pdp.thresholds`).
     """
 
     def init(params):
@@ -139,7 +143,8 @@ class Schedule:
       # first step after the warm-up already prunes.
       targets = lax.cond(count == self.warmup, lambda: self.targets(new_params),
                          lambda: state.targets)
-      thresholds = self.thresholds(new_params, targets, count) if with_thresholds else None
+      thresholds = (self.thresholds(new_params, targets, count, state.thresholds)
+                    if with_thresholds else None)
       return updates, ScheduleState(count, targets, inner_state, thresholds)
 
     return optax.GradientTransformation(init, update)

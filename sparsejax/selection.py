@@ -117,14 +117,22 @@ def _sample_bracket(keys: Sequence[jax.Array], k: jax.Array, n: int, b: _Bracket
 def _bracket(keys: Sequence[jax.Array], k: jax.Array) -> _Bracket:
   """Narrows [lo, hi) around the k-th largest key by counting passes over ``keys``.
 
+  Starts from a sample's bracket (:func:`_sample_bracket`), then :func:`_narrow`.
+  """
+  n = sum(key.size for key in keys)
+  # Every key is >= 0, and none reaches 2**32 - 1 (+inf maps to 0xFF800000).
+  b = _sample_bracket(keys, k, n, _Bracket(jnp.uint32(0), jnp.int32(n), _NO_KEY, jnp.int32(0)))
+  return _narrow(lambda t: _count_at_least(keys, t), k, b)
+
+
+def _narrow(count_at_least, k: jax.Array, b: _Bracket) -> _Bracket:
+  """Narrows the bracket ``b`` (``b.c_lo >= k > b.c_hi``) by counting passes.
+
   Regula falsi on the counts with the Illinois correction (keys of nearby floats are nearly evenly
   spaced, so a few interpolated passes get close); every fourth step bisects, which bounds the
   worst case by 128 passes. Stops when exactly k keys are >= lo, or when the bracket is one key
   wide (the k-th largest key is lo and ties at it straddle the budget).
   """
-  n = sum(key.size for key in keys)
-  # Every key is >= 0, and none reaches 2**32 - 1 (+inf maps to 0xFF800000).
-  b = _sample_bracket(keys, k, n, _Bracket(jnp.uint32(0), jnp.int32(n), _NO_KEY, jnp.int32(0)))
   f_lo, f_hi = (b.c_lo - k).astype(jnp.float32), (b.c_hi - k).astype(jnp.float32)
   init = (jnp.int32(0), b, f_lo, f_hi, jnp.int32(0))
 
@@ -137,7 +145,7 @@ def _bracket(keys: Sequence[jax.Array], k: jax.Array) -> _Bracket:
     width = b.hi - b.lo
     guess = (width.astype(jnp.float32) * (f_lo / (f_lo - f_hi))).astype(jnp.uint32)
     mid = b.lo + jnp.where(i % 4 == 3, width // 2, jnp.clip(guess, 1, width - 1))
-    c_mid = _count_at_least(keys, mid)
+    c_mid = count_at_least(mid)
     f_mid = (c_mid - k).astype(jnp.float32)
     up = c_mid >= k
     # Illinois: when the same end moves twice in a row, halve the other end's weight.
@@ -148,6 +156,94 @@ def _bracket(keys: Sequence[jax.Array], k: jax.Array) -> _Bracket:
     return i + 1, b, f_lo, f_hi, jnp.where(up, 1, -1)
 
   return lax.while_loop(searching, step, init)[1]
+
+
+# Magnitudes are searched on their float32 bit patterns, which order non-negative floats as
+# integers, from _ZERO to one past +inf (0x7F800000). The patterns below the smallest normal float
+# (subnormals, which XLA:CPU flushes to zero in comparisons) all stand for 0.0: probes are normal.
+_ZERO = np.uint32(0x007FFFFF)
+_PAST_INF = np.uint32(0x7F800001)
+_GALLOP_STEPS = 16
+
+
+def _as_float(bits: jax.Array) -> jax.Array:
+  return jnp.where(bits <= _ZERO, jnp.zeros((), jnp.float32),
+                   lax.bitcast_convert_type(bits, jnp.float32))
+
+
+def _bits_per_entry(a: jax.Array, k: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(bit pattern near the k-th largest of ``a``, bit patterns per entry there): from a sample
+  (:func:`_sample`) of about 256 entries, sorted; no pass over ``a``."""
+  n = a.size
+  sample = _sample(a, _SAMPLE)
+  m = sample.size
+  desc = -jnp.sort(-jnp.where(jnp.isnan(sample), -1.0, sample))
+  bits = lax.bitcast_convert_type(jnp.maximum(desc, 0.0), jnp.int32).astype(jnp.float32)
+  j = jnp.clip((k.astype(jnp.float32) * m / n).astype(jnp.int32), 0, m - 1)
+  h = min(4, max(1, m // 4))
+  span = bits[jnp.clip(j - h, 0, m - 1)] - bits[jnp.clip(j + h, 0, m - 1)]
+  return bits[j].astype(jnp.uint32), jnp.maximum(span / (2 * h) * m / n, 1.0)
+
+
+@jax.jit
+def magnitude_threshold(a: jax.Array, k: jax.Array, start: jax.Array | None = None) -> jax.Array:
+  """Halfway between the k-th and the (k+1)-th largest of non-negative magnitudes ``a``.
+
+  The threshold of :func:`top_k_masks` for ``order_keys(a)``: halfway between the smallest kept
+  and the largest pruned magnitude when exactly ``k`` are kept (ties to the lowest index, NaN
+  ranked lowest and ignored as a value), 0.0 where no magnitude other than NaN is pruned; for
+  ``0 < k < a.size``. It works on the floats themselves, whose bit patterns order them, and
+  never builds the keep mask: each step is one compare-and-count pass over ``a``.
+
+  ``start``: a guess of the threshold, e.g. the one of the previous training step. From it the
+  search gallops outwards (steps sized by a sample's density of magnitudes, doubling) until it
+  brackets the k-th largest, then narrows the bracket as :func:`top_k_masks` does. Weights move
+  little per step, so a few passes do instead of about a dozen from the sample's bracket. A
+  guess that is not a positive finite float starts from the sample's estimate.
+  """
+  a = jnp.asarray(a, jnp.float32)
+  n = a.size
+  k = jnp.asarray(k, jnp.int32)
+  count = lambda bits: _count(a >= _as_float(bits))
+  estimate, per_entry = _bits_per_entry(a, k)
+  if start is not None:
+    start = jnp.asarray(start, jnp.float32)
+    estimate = jnp.where(jnp.isfinite(start) & (start > 0),
+                         lax.bitcast_convert_type(jnp.abs(start), jnp.uint32), estimate)
+  estimate = jnp.clip(estimate, _ZERO + 1, _PAST_INF - 1)
+  c = count(estimate)
+  # 0.0 and one past +inf bound every magnitude; NaN, counted by neither, only ever lands on lo.
+  up = c >= k
+  b = _Bracket(jnp.where(up, estimate, _ZERO), jnp.where(up, c, jnp.int32(n)),
+               jnp.where(up, _PAST_INF, estimate), jnp.where(up, jnp.int32(0), c))
+  first = (jnp.abs(c - k).astype(jnp.float32) + 1.0) * per_entry * 2.0
+  first = jnp.clip(first, 1.0, 2.0**30).astype(jnp.uint32)
+
+  def galloping(state):  # until the far end is a probe's, or the answer is found
+    b, _, i = state
+    return (b.c_lo != k) & (b.hi - b.lo > 1) & ((b.hi == _PAST_INF) | (b.lo == _ZERO)) & (
+        i < _GALLOP_STEPS)
+
+  def gallop(state):
+    b, step, i = state
+    width = b.hi - b.lo
+    probe = jnp.where(up, b.lo + jnp.minimum(step, width - 1),
+                      b.hi - jnp.minimum(step, width - 1))
+    c_probe = count(probe)
+    above = c_probe >= k
+    b = _Bracket(jnp.where(above, probe, b.lo), jnp.where(above, c_probe, b.c_lo),
+                 jnp.where(above, b.hi, probe), jnp.where(above, b.c_hi, c_probe))
+    return b, step * 2, i + 1
+
+  b, _, _ = lax.while_loop(galloping, gallop, (b, first, jnp.int32(0)))
+  b = _narrow(count, k, b)
+  value = _as_float(b.lo)
+  smallest_kept = jnp.min(jnp.where(a >= value, a, jnp.inf), initial=jnp.inf)
+  largest_pruned = jnp.max(jnp.where(a < value, a, -jnp.inf), initial=-jnp.inf)
+  t = smallest_kept / 2 + largest_pruned / 2
+  t = jnp.where(largest_pruned == -jnp.inf, jnp.zeros((), jnp.float32), t)
+  # Ties at lo straddling k (or fewer than k magnitudes that are not NaN): lo's value on both sides.
+  return jnp.where(b.c_lo == k, t, value)
 
 
 def _flat_index(shape: tuple[int, ...], offset: int) -> jax.Array:

@@ -271,6 +271,30 @@ def test_precomputed_thresholds_give_the_same_bits(params, sparsity):
     chex.assert_trees_all_equal(given_t, searched, custom_message=scope)
 
 
+_jitted_thresholds = jax.jit(pdp.thresholds, static_argnames=("scope",))
+
+
+@SETTINGS
+@given(tied_params(), tied_params(), st.floats(0.0, 0.99))
+def test_thresholds_searched_from_previous_ones_are_the_same(params, other, sparsity):
+  """Starting each layer's search from earlier thresholds (those of the params before a step,
+  or of unrelated params) changes nothing: the thresholds are exact."""
+  stepped = jax.tree.map(lambda p, q: p + q / 8, params, other)
+  for scope in ("unstructured", "channel"):
+    for start in (params, other, stepped):
+      previous = _jitted_thresholds(start, sparsity, scope=scope)
+      chex.assert_trees_all_equal(
+          _jitted_thresholds(stepped, sparsity, scope=scope, previous=previous),
+          _jitted_thresholds(stepped, sparsity, scope=scope), custom_message=scope)
+
+
+def test_previous_thresholds_that_do_not_fit_are_refused():
+  params = distinct_params()
+  with pytest.raises(ValueError, match=re.escape(
+      "previous thresholds hold shape (3, 3, 1, 1, 5) for ['conv']['kernel']")):
+    pdp.thresholds(params, 0.5, previous=pdp.thresholds(params, None, scope="nm"))
+
+
 def test_thresholds_by_hand_and_their_shapes():
   params = distinct_params()
   t = pdp.thresholds(params, 0.5)

@@ -250,3 +250,62 @@ def test_vmap_without_ties_runs_no_tie_search():
 
   walk(jaxpr.jaxpr)
   assert loops.count(False) == 1 and loops.count(True) >= 1, loops
+
+
+# --- the threshold between the k-th and (k+1)-th largest magnitude ------------------------------
+
+# Magnitudes with ties, zeros, infinities and NaN; subnormals are left out (XLA:CPU flushes them
+# to zero in comparisons, and magnitude_threshold counts them as 0.0).
+MAGNITUDES = st.one_of(
+    st.integers(0, 4).map(float),
+    st.sampled_from([0.0, np.inf, np.nan, 0.25, 1e-30, 3e38]),
+    st.floats(0.125, 10.0, width=32),
+)
+MAGNITUDE_SHAPE = (6, 7)
+STARTS = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True, width=32),
+                   st.floats(0.0, 10.0, width=32))
+_threshold = jax.jit(selection.magnitude_threshold)
+
+
+def reference_threshold(a, k):
+  """Halfway (in float32) between the smallest kept and the largest pruned magnitude when the k
+  largest are kept, NaN ranked lowest and ignored as a value; 0.0 where nothing but NaN is
+  pruned."""
+  flat = np.asarray(a, np.float32).ravel()
+  keep = reference_top_k(np.where(np.isnan(flat), -1.0, flat), k)
+  kept, pruned = flat[keep & ~np.isnan(flat)], flat[~keep & ~np.isnan(flat)]
+  smallest = kept.min() if kept.size else np.float32(np.inf)
+  if not pruned.size:
+    return np.float32(0.0)
+  return np.float32(smallest) / np.float32(2) + pruned.max() / np.float32(2)
+
+
+@SETTINGS
+@given(hnp.arrays(np.float32, MAGNITUDE_SHAPE, elements=MAGNITUDES),
+       st.integers(1, int(np.prod(MAGNITUDE_SHAPE)) - 1), STARTS)
+def test_magnitude_threshold_is_the_midpoint_from_any_start(a, k, start):
+  """The threshold of the counting selection, whatever the start: none, the answer, far off,
+  zero, negative, infinite or NaN."""
+  expected = reference_threshold(a, k)
+  got = _threshold(jnp.asarray(a), k, None if start is None else jnp.float32(start))
+  np.testing.assert_array_equal(np.float32(got), expected)
+  np.testing.assert_array_equal(np.float32(_threshold(jnp.asarray(a), k, expected)), expected)
+
+
+@pytest.mark.parametrize("kind", ["normal", "ties"])
+def test_magnitude_threshold_from_the_previous_step(kind):
+  """A training-like sequence on 100k magnitudes: each step perturbs them and starts the search
+  from the last step's threshold; every threshold equals the selection's (top_k_masks)."""
+  rng = np.random.default_rng(3)
+  a = np.abs(rng.normal(size=(400, 250))).astype(np.float32)
+  if kind == "ties":
+    a = np.round(a * 64) / 64
+  k = a.size // 10
+  t = _threshold(jnp.asarray(a), k)
+  for _ in range(5):
+    a = np.abs(a + rng.normal(scale=1e-3, size=a.shape).astype(np.float32))
+    t = _threshold(jnp.asarray(a), k, t)
+    keep = np.asarray(selection.top_k_masks([selection.order_keys(jnp.asarray(a))], k)[0])
+    assert int(keep.sum()) == k
+    np.testing.assert_array_equal(np.float32(t), a[keep].min() / np.float32(2)
+                                  + a[~keep].max() / np.float32(2))
