@@ -17,9 +17,10 @@ and the forward pass uses ``W * m(W)`` (:func:`apply`). At the end, the hard mas
 ``m >= 0.5``, i.e. ``|w| >= t``: :func:`hard_masks` returns it as a regular bool mask pytree of
 :mod:`sparsejax.masks`, derived from the counting selection itself so that it keeps exactly k
 weights even where magnitudes tie at t (it coincides with ``m >= 0.5`` away from ties and from
-float rounding of the midpoint). The threshold is found by counting (:mod:`sparsejax.selection`,
-which sorts only a strided sample of at most about 512 keys to start its search), never by sorting
-the layer; N:M blocks rank their m entries by counting too.
+float rounding of the midpoint). The threshold is found by counting
+(:func:`sparsejax.selection.magnitude_threshold`: compare-and-count passes, started from the last
+step's threshold when :func:`thresholds` is given ``previous``, or from a sample of about 256
+magnitudes), never by sorting the layer; N:M blocks rank their m entries by counting too.
 
 Scopes (``scope=``) say what a magnitude is and where its threshold applies:
 
@@ -210,7 +211,8 @@ def threshold(w: jax.Array, sparsity: Any) -> jax.Array:
 
   t lies halfway between the smallest kept and the largest pruned magnitude when the
   ``round((1 - sparsity) * w.size)`` largest magnitudes are kept (ties to the lowest flat index),
-  found by counting (:func:`sparsejax.selection.top_k_masks`), not by sorting ``w``. With nothing
+  found by counting (:func:`sparsejax.selection.magnitude_threshold`), not by sorting ``w``; the
+  hard masks keep the same k (:func:`sparsejax.selection.top_k_masks`). With nothing
   pruned t = 0.0 (every ``|w| >= t``); with nothing kept t = +inf. ``sparsity`` is in [0, 1]
   (1 prunes the whole array) and may be traced.
   """
