@@ -7,32 +7,38 @@ run is far from ``end_step``, so every update step moves connections.
 
 Printed per model: each method's ordinary step over dense (median), its whole runs over dense's
 including the update steps (amortized), and one update step over an ordinary step; each step a
-jitted call from Python, synchronized. Then the way the runner trains: chunks of ``--steps``
-steps in one jitted ``lax.fori_loop`` (``experiments.trainer.make_train_steps``), timed whole,
-interleaved round by round, each chunk holding its update steps (one every 50 steps); the ratio
-of the summed chunk times to dense's, beside ``static_masks`` (the masked step alone) and a RigL
-that never moves anything (its step's cond without updates).
+jitted call from Python, synchronized.
+
+Then (``--models lenet``) the way the runner trains: its own ``train_steps`` (built as a run
+builds it, on random 28x28x1 data: ``overhead.runner_training``) in chunks of ``--steps`` steps,
+one jitted loop each, timed whole, interleaved round by round, connections moved every 50 steps.
+The configs are the runner's LeNet-300-100 ones (``configs/lenet300_dense.py``,
+``configs/rigl_lenet300_fashion.py``, ``configs/set_lenet300_fashion.py``, and random ERK
+masks for ``static_masks``). RigL and SET there run the steps between updates without their
+per-step ``lax.cond`` (the sparsifier's ``update_steps``); ``rigl, cond every step`` is the same
+RigL with the cond at every step, as before.
 
   python benchmarks/dynamic_step.py [--rounds 7] [--steps 200] [--models lenet,cnn]
 """
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 import sys
-
 import time
 
 import jax
 import numpy as np
 import optax
-from jax import lax
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from overhead import compiled, main_for, make_step, rotating, time_steps  # noqa: E402
-from sparsejax import dynamic, pruning, transforms  # noqa: E402
+from configs import lenet300_dense, rigl_lenet300_fashion, set_lenet300_fashion  # noqa: E402
+from experiments import config as config_lib  # noqa: E402
+from overhead import compiled, main_for, rotating, runner_training, time_steps  # noqa: E402
+from sparsejax import dynamic, pruning  # noqa: E402
 
 EVERY = 50
 
@@ -66,38 +72,34 @@ def bench(name, build, rounds, steps):
           f"/ dense {np.mean(amortized):.3f} ({min(amortized):.3f}-{max(amortized):.3f}); "
           f"update step / ordinary step {np.median(t[upd]) / np.median(t[~upd]):.2f} "
           f"({int(upd.sum())} updates)")
-  # Where the fused loop's cost lies: the masked step alone, and RigL's step without updates.
-  inner, masks = variants["dense"], pruning.random(jax.random.key(1), params, 0.9, "erk")
-  fused({**variants, "static_masks": transforms.static_masks(inner, masks),
-         "rigl, never moving": dynamic.rigl(inner, masks, update_every=10**9, end_step=10**9)},
-        apply, params, batches, rounds, steps)
+  if name == "LeNet-300-100":
+    runner(rounds, steps)
 
 
-def fused(variants, apply, params, batches, rounds, steps):
-  """Chunks of ``steps`` steps in one ``lax.fori_loop`` per variant, as the runner trains."""
-  xs = jax.numpy.stack([x for x, _ in batches])
-  ys = jax.numpy.stack([y for _, y in batches])
+def runner(rounds: int, steps: int) -> None:
+  """The runner's ``train_steps`` of LeNet-300-100: chunks of ``steps`` steps, interleaved."""
+  def config(method):
+    c = lenet300_dense.get_config()
+    if method == "static_masks":
+      c.sparsifier, c.distribution, c.final_sparsity = "random", "erk", 0.9
+    elif method != "dense":
+      rigl_lenet300_fashion.set_method(c)
+      c.sparsifier = set_lenet300_fashion.get_config().sparsifier if method == "set" else "rigl"
+      c.dst_update_every, c.dst_end, c.steps = f"{EVERY}it", "100%", "1000ep"
+    return config_lib.finalize(c)
 
-  def chunk_fn(opt):
-    step = make_step(apply, opt)
-
-    @jax.jit
-    def chunk(params, state):
-      def body(i, carry):
-        return step(*carry, xs[i % len(xs)], ys[i % len(ys)])
-      return lax.fori_loop(0, steps, body, (params, state))
-    return chunk
-
-  chunks = {v: chunk_fn(opt) for v, opt in variants.items()}
-  carries = {v: jax.block_until_ready(chunks[v](params, opt.init(params)))
-             for v, opt in variants.items()}  # compile, and the first update lies behind
+  every_step = lambda sparsifier, setup: dataclasses.replace(sparsifier, update_steps=None)
+  variants = ("dense", "rigl", "set", "static_masks", "rigl, cond every step")
+  built = {v: runner_training(config(v), adapt=every_step if "cond" in v else None)
+           for v in variants}
+  states = {v: jax.block_until_ready(built[v][0](built[v][1], steps))[0] for v in variants}
   totals = {v: 0.0 for v in variants}
   for v in rotating(list(variants), rounds):
     t0 = time.perf_counter()
-    carries[v] = jax.block_until_ready(chunks[v](*carries[v]))
+    states[v], _ = jax.block_until_ready(built[v][0](states[v], steps))
     totals[v] += time.perf_counter() - t0
-  print(f"  fused chunks of {steps} steps (the runner's fori_loop, connections moved every "
-        f"{EVERY} steps): dense {totals['dense'] / (rounds * steps) * 1e3:.3f} ms per step; "
+  print(f"  the runner's train_steps, chunks of {steps} steps (connections moved every {EVERY} "
+        f"steps): dense {totals['dense'] / (rounds * steps) * 1e3:.3f} ms per step; "
         + "; ".join(f"{v} / dense {totals[v] / totals['dense']:.3f}" for v in variants
                     if v != "dense"))
 

@@ -26,7 +26,11 @@ from flax import nnx
 # The runner is not installed (only the library is): import it from this checkout.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from experiments import models
+from experiments import data as data_lib
+from experiments import models, trainer
+from experiments import setup as setup_lib
+from experiments.registry import SPARSIFIERS
+from sparsejax import masks as masks_lib
 from sparsejax import pruning, schedules, transforms
 
 FREQUENCY = 50
@@ -138,6 +142,32 @@ def bench(name, build, rounds, steps):
         f"{np.median(c[upd]) / np.median(c[~upd]):.2f}")
   print(f"  for scale: sorting every layer's |w| once / step    "
         f"{sort_seconds(params) / np.median(c[~upd]):.1f}")
+
+
+def runner_training(config, num_train: int = 6000, adapt=None):
+  """(train_steps, state, sparsifier, setup) of a finalized runner config, built as a run builds
+  them (``experiments.setup``: task, prunable rule, sparsifier; ``experiments.trainer``:
+  ``init_state``, ``make_train_steps``) on random 28x28x1 images of 10 classes instead of the
+  dataset. ``adapt(sparsifier, setup) -> sparsifier`` may swap parts of the sparsifier first.
+
+  ``num_train`` examples: each ``train_steps`` call draws its epoch's example order first, which
+  the runner amortizes over chunks of a whole epoch; a tenth of Fashion-MNIST keeps that cost,
+  the same for every variant, small next to short chunks.
+  """
+  data = data_lib.synthetic((28, 28, 1), num_train)
+  task = setup_lib.build_task(config, data)
+  setup = setup_lib.Setup(config, "", task, masks_lib.rule(exclude=config.prune_exclude or None))
+  setup_lib.check_prunable(config, setup.param_shapes, setup.prunable)
+  entry = SPARSIFIERS.get(config.sparsifier)
+  if entry.check is not None:
+    entry.check(setup)
+  key = setup.key()
+  params, model_state = setup.init(key)
+  sparsifier = setup.sparsifier(params, model_state, key)
+  if adapt is not None:
+    sparsifier = adapt(sparsifier, setup)
+  state = trainer.init_state(params, model_state, sparsifier.tx, key)
+  return trainer.make_train_steps(task, sparsifier), state, sparsifier, setup
 
 
 def sort_seconds(params, repeats=20) -> float:

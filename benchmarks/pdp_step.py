@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import pathlib
 import sys
 import time
@@ -64,11 +63,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from configs import pdp_conv4_fashion, pdp_lenet300_fashion, pdp_nm_conv4_fashion
 from experiments import config as config_lib
-from experiments import data as data_lib
 from experiments import pdp_sparsifiers, trainer
-from experiments import setup as setup_lib
-from experiments.registry import SPARSIFIERS
-from overhead import rotating  # this script's directory
+from overhead import rotating, runner_training  # this script's directory
 from sparsejax import masks as masks_lib
 
 MODELS = {
@@ -78,9 +74,6 @@ MODELS = {
     "conv4": ("Conv-4", pdp_conv4_fashion.get_config, pdp_nm_conv4_fashion.get_config, 2),
 }
 VARIANTS = ("dense", "pdp", "pdp cold", "pdp 2:4", "ste", "ste 2:4", "pdp sort")
-
-
-synthetic_data = functools.lru_cache(maxsize=1)(data_lib.synthetic)
 
 
 def variant_config(model: str, variant: str):
@@ -129,29 +122,22 @@ class ColdSchedule(pdp_sparsifiers.Schedule):
 def build(model: str, variant: str, num_train: int):
   """(train_steps, state, sparsifier, task) of ``variant``, as the runner builds them."""
   config = variant_config(model, variant)
-  data = synthetic_data((28, 28, 1), num_train)
-  task = setup_lib.build_task(config, data)
-  setup = setup_lib.Setup(config, "", task,
-                          masks_lib.rule(exclude=config.prune_exclude or None))
-  setup_lib.check_prunable(config, setup.param_shapes, setup.prunable)
-  entry = SPARSIFIERS.get(config.sparsifier)
-  if entry.check is not None:
-    entry.check(setup)
-  key = setup.key()
-  params, model_state = setup.init(key)
-  sparsifier = setup.sparsifier(params, model_state, key)
-  d = task.durations
-  schedule = pdp_sparsifiers.Schedule(config.final_sparsity, 0, d.steps_per_epoch,
-                                      config.pdp_rate, "unstructured", 2, 4, setup.prunable)
-  if variant == "pdp sort":
-    sparsifier = dataclasses.replace(
-        sparsifier, forward=sort_forward(schedule, config.pdp_tau, setup.prunable))
-  if variant == "pdp cold":
-    cold = ColdSchedule(*(getattr(schedule, f.name) for f in dataclasses.fields(schedule)))
-    sparsifier = dataclasses.replace(
-        sparsifier, tx=cold.transformation(setup.inner_optimizer(), with_thresholds=True))
-  state = trainer.init_state(params, model_state, sparsifier.tx, key)
-  return trainer.make_train_steps(task, sparsifier), state, sparsifier, task
+
+  def adapt(sparsifier, setup):
+    schedule = pdp_sparsifiers.Schedule(config.final_sparsity, 0,
+                                        setup.task.durations.steps_per_epoch, config.pdp_rate,
+                                        "unstructured", 2, 4, setup.prunable)
+    if variant == "pdp sort":
+      return dataclasses.replace(
+          sparsifier, forward=sort_forward(schedule, config.pdp_tau, setup.prunable))
+    if variant == "pdp cold":
+      cold = ColdSchedule(*(getattr(schedule, f.name) for f in dataclasses.fields(schedule)))
+      return dataclasses.replace(
+          sparsifier, tx=cold.transformation(setup.inner_optimizer(), with_thresholds=True))
+    return sparsifier
+
+  train_steps, state, sparsifier, setup = runner_training(config, num_train, adapt)
+  return train_steps, state, sparsifier, setup.task
 
 
 def bench(model: str, rounds: int, steps: int, num_train: int) -> list[str]:

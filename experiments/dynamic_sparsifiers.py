@@ -54,7 +54,7 @@ def _build(ctx: Context, method: str) -> Sparsifier:
   else:
     tx = dynamic.set_(ctx.inner, masks, grow_key, update_every=every, end_step=end,
                       drop_fraction=float(c.dst_drop_fraction))
-  return with_masks(tx)
+  return with_masks(tx, dynamic.update_steps(every, end))
 
 
 @register("rigl", keys=KEYS, validate=_validate)

@@ -74,4 +74,4 @@ def sap_(ctx: Context) -> Sparsifier:
   return with_masks(sap.sap_pruning(
       ctx.inner, steps, p=float(c.sap_p), q=float(c.sap_q), eta_r=float(c.sap_eta),
       gamma=float(c.sap_gamma), beta=float(c.sap_beta), scope=c.sap_scope,
-      max_sparsity=float(c.final_sparsity), prunable=ctx.prunable))
+      max_sparsity=float(c.final_sparsity), prunable=ctx.prunable), steps)

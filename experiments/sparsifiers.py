@@ -12,7 +12,11 @@ keys it owns (:mod:`experiments.registry`). Its builder takes a :class:`Context`
   network is not ``params * masks`` (PDP's soft masks), the hard masks of the network the method
   deploys; the ``train`` protocol then also evaluates ``params * hard_masks`` (pruned weights
   exactly 0.0) at the end and reports ``test_accuracy_hard``, ``test_loss_hard`` and
-  ``density_hard`` beside what training evaluated.
+  ``density_hard`` beside what training evaluated;
+- ``update_steps`` (optional, default None): the steps where ``tx`` may change its masks
+  (:class:`sparsejax.transforms.UpdateSteps`), for a ``tx`` that honours the optax extra
+  argument ``mask_update=False``; the runner's fused loop then runs the steps in between without
+  the transformation's per-step ``lax.cond`` (``experiments.trainer.make_train_steps``).
 
 Built in: ``dense``, ``magnitude`` (gradual magnitude pruning, Zhu & Gupta 2017; of weights, or
 N:M with ``pruning_scope='nm'``), ``random`` (random pruning at initialization, Liu et al. 2022)
@@ -62,11 +66,14 @@ class Sparsifier:
   masks: Callable[[optax.OptState, PyTree], PyTree]
   forward: Callable[[PyTree, optax.OptState, Any], PyTree] = identity
   hard_masks: Callable[[optax.OptState, PyTree], PyTree] | None = None
+  update_steps: Any = None  # transforms.UpdateSteps or a pruning schedule: next_update_step
 
 
-def with_masks(tx: optax.GradientTransformation) -> Sparsifier:
-  """A sparsifier whose masks live in a sparsejax transformation's state (``get_masks``)."""
-  return Sparsifier(tx, lambda opt_state, params: transforms.get_masks(opt_state))
+def with_masks(tx: optax.GradientTransformation, update_steps: Any = None) -> Sparsifier:
+  """A sparsifier whose masks live in a sparsejax transformation's state (``get_masks``), which
+  changes them only on ``update_steps`` (if given: its ``next_update_step``)."""
+  return Sparsifier(tx, lambda opt_state, params: transforms.get_masks(opt_state),
+                    update_steps=update_steps)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,10 +222,10 @@ def magnitude(ctx: Context) -> Sparsifier:
   if c.pruning_scope == "nm":
     n, m = _parse_nm(c)
     schedule = schedules.polynomial(1 - n / m, begin, end, frequency, power=c.pruning_power)
-    return with_masks(transforms.nm_pruning(ctx.inner, n, m, schedule, ctx.prunable))
+    return with_masks(transforms.nm_pruning(ctx.inner, n, m, schedule, ctx.prunable), schedule)
   schedule = schedules.polynomial(c.final_sparsity, begin, end, frequency, power=c.pruning_power)
   return with_masks(transforms.magnitude_pruning(ctx.inner, schedule, c.distribution,
-                                                 ctx.prunable))
+                                                 ctx.prunable), schedule)
 
 
 @register("random", validate=validate_sparsity, keys=SPARSITY_KEYS)

@@ -43,7 +43,7 @@ from experiments.parsing import ConfigError, parse_duration
 from experiments.sparsifiers import Sparsifier
 from experiments.workdir import Checkpoints, MetricWriter
 from sparsejax import masks as masks_lib
-from sparsejax import pqi
+from sparsejax import pqi, transforms
 
 PyTree = Any
 EVAL_BATCH = 1000
@@ -165,6 +165,10 @@ def make_train_steps(task: Task, sparsifier: Sparsifier, axes: PyTree = None) ->
   along a leading axis under ``jax.vmap``: each step is one program for all of them, the leaves
   marked None (the step counters) shared, so that ``lax.cond`` on them stays a branch instead
   of computing both sides for every replicate. The sums are then one per replicate.
+
+  With ``sparsifier.update_steps`` the fused loop runs the steps between mask updates without
+  the transformation's per-step cond (:func:`_segments`); the host loop keeps one program for
+  every step.
   """
   data, spe, bs = task.data, task.durations.steps_per_epoch, task.batch_size
   optimizer, forward = sparsifier.tx, sparsifier.forward
@@ -177,8 +181,13 @@ def make_train_steps(task: Task, sparsifier: Sparsifier, axes: PyTree = None) ->
   # sensitivity probes read it).
   takes_value = isinstance(optimizer, optax.GradientTransformationExtraArgs)
   extra_args = lambda value: {"value": value} if takes_value else {}
+  update_steps = sparsifier.update_steps
+  if update_steps is not None and not takes_value:
+    raise ValueError("A sparsifier with update_steps needs a tx that takes optax extra arguments "
+                     "(mask_update=False on the steps in between), got "
+                     f"{type(optimizer).__name__}.")
 
-  def one_step(i, carry):
+  def one_step(i, carry, no_mask_update: bool = False):
     state, perm, loss_sum, correct = carry
     step = state["step"]
     epoch, within = step // spe, step % spe
@@ -193,7 +202,9 @@ def make_train_steps(task: Task, sparsifier: Sparsifier, axes: PyTree = None) ->
     params = state["params"]
     (loss, (logits, model_state)), grads = grad_fn(params, state["opt_state"], step,
                                                    state["model_state"], x, y)
-    updates, opt_state = optimizer.update(grads, state["opt_state"], params, **extra_args(loss))
+    promise = {transforms.MASK_UPDATE: False} if no_mask_update else {}
+    updates, opt_state = optimizer.update(grads, state["opt_state"], params, **extra_args(loss),
+                                          **promise)
     new_state = dict(state, step=step + 1, params=optax.apply_updates(params, updates),
                      model_state=model_state, opt_state=opt_state)
     return (new_state, perm, loss_sum + loss,
@@ -203,13 +214,15 @@ def make_train_steps(task: Task, sparsifier: Sparsifier, axes: PyTree = None) ->
     perm = data_lib.epoch_permutation(state["data_key"], state["step"] // spe, data.num_train)
     return (state, perm, jnp.float32(0), jnp.int32(0))
 
+  between_updates = functools.partial(one_step, no_mask_update=True)
   if axes is not None:
     carry_axes = (axes, 0, 0, 0)
     start = jax.vmap(start, in_axes=(axes,), out_axes=carry_axes)
     if host_loop(task.model):
       one_step = _unrolled(one_step, carry_axes)
     else:
-      one_step = jax.vmap(one_step, in_axes=(None, carry_axes), out_axes=carry_axes)
+      one_step, between_updates = (jax.vmap(f, in_axes=(None, carry_axes), out_axes=carry_axes)
+                                   for f in (one_step, between_updates))
 
   if host_loop(task.model):
     start_jit, step_jit = jax.jit(start), jax.jit(one_step, donate_argnums=1)
@@ -225,10 +238,29 @@ def make_train_steps(task: Task, sparsifier: Sparsifier, axes: PyTree = None) ->
 
   @functools.partial(jax.jit, donate_argnums=0)
   def train_steps(state, n):
-    state, _, loss_sum, correct = lax.fori_loop(0, n, one_step, start(state))
+    if update_steps is None:
+      carry = lax.fori_loop(0, n, one_step, start(state))
+    else:
+      carry = _segments(one_step, between_updates, update_steps, start(state), state["step"] + n)
+    state, _, loss_sum, correct = carry
     return state, (loss_sum, correct)
 
   return train_steps
+
+
+def _segments(one_step: Callable, between_updates: Callable, update_steps, carry, end):
+  """The steps of ``carry`` up to step ``end``: each run of steps between two mask updates in a
+  ``fori_loop`` of ``between_updates`` (the sparsifier's transformation told ``mask_update=False``,
+  so it has no per-step ``lax.cond``), each update step by ``one_step``. One cond per update
+  remains, around the update step; XLA:CPU copies the masks and the optimizer state through an
+  untaken cond, which at every step cost RigL about 0.1x a dense step."""
+  def segment(carry):
+    step = carry[0]["step"]
+    upto = jnp.minimum(update_steps.next_update_step(step), end)
+    carry = lax.fori_loop(step, upto, between_updates, carry)
+    return lax.cond(upto < end, lambda c: one_step(upto, c), lambda c: c, carry)
+
+  return lax.while_loop(lambda carry: carry[0]["step"] < end, segment, carry)
 
 
 def _is_shared(axis) -> bool:

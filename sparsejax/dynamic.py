@@ -132,6 +132,8 @@ def dynamic_sparse(inner: optax.GradientTransformation, initial_masks: PyTree, *
       return cosine_drop_fraction(step, drop_fraction, end_step)
     return jnp.float32(drop_fraction)
 
+  steps = update_steps(update_every, end_step)
+
   def init_fn(params):
     m = masks_lib.conform(params, initial_masks)
     masks_lib.validate(params, m)
@@ -158,15 +160,25 @@ def dynamic_sparse(inner: optax.GradientTransformation, initial_masks: PyTree, *
       stepping = _both(new, masks)
       return new, stepping, transforms._zero_pruned_state(inner, inner_state, stepping)
 
-    due = (step > 0) & (step % update_every == 0) & (step < end_step)
-    masks, stepping, inner_state = lax.cond(due, move, lambda m, s: (m, m, s),
-                                            state.masks, state.inner_state)
+    if transforms.promised_no_mask_update(extra_args):
+      masks, stepping, inner_state = state.masks, state.masks, state.inner_state
+    else:
+      masks, stepping, inner_state = lax.cond(steps.is_update_step(step), move,
+                                              lambda m, s: (m, m, s), state.masks,
+                                              state.inner_state)
     updates, inner_state = transforms._masked_update(inner, updates, inner_state, params,
                                                      stepping, extra_args)
     return updates, DynamicSparseState(optax.safe_increment(state.count), masks, inner_state,
                                        state.key)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def update_steps(update_every: int, end_step: int) -> transforms.UpdateSteps:
+  """The steps where SET and RigL move connections: every ``update_every`` from step
+  ``update_every`` until ``end_step``. On the other steps a caller may pass ``mask_update=False``
+  (:class:`sparsejax.transforms.UpdateSteps`) to skip the per-step ``lax.cond``."""
+  return transforms.UpdateSteps(update_every, update_every, end_step)
 
 
 def rigl(inner: optax.GradientTransformation, initial_masks: PyTree, *, update_every: int = 100,

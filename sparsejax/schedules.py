@@ -20,6 +20,7 @@ import numbers
 import operator
 
 import jax.numpy as jnp
+import numpy as np
 
 from sparsejax.masks import check_fraction, check_sparsity
 
@@ -36,6 +37,10 @@ def _check_int(name: str, value, minimum: int, requirement: str) -> int:
 
 def _check_step(name: str, value) -> int:
   return _check_int(name, value, 0, "a non-negative integer step")
+
+
+# ``next_update_step`` past a schedule's last update.
+NEVER = np.int32(np.iinfo(np.int32).max)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +71,14 @@ class Polynomial:
     on_grid = (step - self.begin_step) % self.frequency == 0
     inside = (step >= self.begin_step) & (step <= self.end_step)
     return inside & (on_grid | (step == self.end_step))
+
+  def next_update_step(self, step):
+    """The first update step at or after ``step`` (int32), or int32's maximum after the last."""
+    step = jnp.asarray(step, jnp.int32)
+    after = jnp.maximum(step, self.begin_step)
+    grid = self.begin_step + (after - self.begin_step + self.frequency - 1) // self.frequency * (
+        self.frequency)
+    return jnp.where(after > self.end_step, NEVER, jnp.minimum(grid, self.end_step))
 
 
 def polynomial(final_sparsity: float, begin_step: int, end_step: int, frequency: int,
@@ -100,6 +113,10 @@ class OneShot:
 
   def is_update_step(self, step):
     return jnp.asarray(step) == self.step
+
+  def next_update_step(self, step):
+    """``step`` of the update while it lies ahead, then int32's maximum."""
+    return jnp.where(jnp.asarray(step, jnp.int32) <= self.step, jnp.int32(self.step), NEVER)
 
 
 def one_shot(sparsity: float, step: int = 0) -> OneShot:

@@ -33,6 +33,7 @@ back.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from collections.abc import Callable
@@ -75,6 +76,59 @@ class DynamicSparseState(NamedTuple):
 
 
 _MASK_STATES = (StaticMasksState, ScheduledPruningState, DynamicSparseState)
+
+# The optax extra argument by which a caller promises that a step changes no mask (see
+# UpdateSteps): ``tx.update(grads, state, params, mask_update=False)``.
+MASK_UPDATE = "mask_update"
+
+
+@dataclasses.dataclass(frozen=True)
+class UpdateSteps:
+  """The steps where a transformation may change its masks: every ``every`` steps from ``first``
+  (inclusive) until ``end`` (exclusive); the step of an update is its count of earlier updates.
+
+  A training loop that knows a transformation's update steps can run the steps in between
+  without its per-step ``lax.cond``: it passes the optax extra argument ``mask_update=False`` (a
+  Python bool, :data:`MASK_UPDATE`) on those steps, and the transformation skips the cond
+  statically. Inside a loop the cond's untaken branch is not free: XLA:CPU copies the masks and
+  the inner optimizer's state through it at every step. The runner's fused loop does this
+  (``experiments.trainer.make_train_steps``) with any object that has ``next_update_step(step)``:
+  this class (:func:`sparsejax.dynamic.update_steps` for SET and RigL) or a pruning schedule of
+  :mod:`sparsejax.schedules` (for :func:`scheduled_pruning` and the wrappers built on it, with
+  ``accumulation_steps=1``).
+  """
+  every: int
+  first: int
+  end: int
+
+  def __post_init__(self):
+    for name, minimum in (("every", 1), ("first", 0), ("end", 0)):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"UpdateSteps {name}={value!r} must be an int >= {minimum}.")
+
+  def next_update_step(self, step: Any) -> jax.Array:
+    """The first update step at or after ``step`` (int32), or int32's maximum where none is
+    left."""
+    step = jnp.asarray(step, jnp.int32)
+    after = jnp.maximum(step, self.first)
+    due = self.first + (after - self.first + self.every - 1) // self.every * self.every
+    return jnp.where(due < self.end, due, schedules_lib.NEVER)
+
+  def is_update_step(self, step: Any) -> jax.Array:
+    step = jnp.asarray(step, jnp.int32)
+    return (step >= self.first) & ((step - self.first) % self.every == 0) & (step < self.end)
+
+
+def promised_no_mask_update(extra_args: dict) -> bool:
+  """Pops :data:`MASK_UPDATE` from a transformation's extra arguments: True where the caller
+  promised that this step changes no mask. The promise must be a Python bool (it picks the
+  program, not a branch of it)."""
+  promise = extra_args.pop(MASK_UPDATE, None)
+  if promise is not None and not isinstance(promise, bool):
+    raise TypeError(f"{MASK_UPDATE}={promise!r} must be a Python bool (or absent): it selects the "
+                    "update's program at trace time, so it cannot be an array.")
+  return promise is False
 
 
 def _init_inner(inner, params, masks, name: str):
@@ -253,8 +307,11 @@ def _scheduled(inner: optax.GradientTransformation, schedule, initial: Callable[
       new = remask(params, updates, m, schedule(steps[-1]))
       return new, _zero_pruned_state(inner, inner_state, new)
 
-    due = jnp.any(jax.vmap(schedule.is_update_step)(steps))
-    m, inner_state = lax.cond(due, prune, lambda ops: ops, (state.masks, state.inner_state))
+    if promised_no_mask_update(extra_args):
+      m, inner_state = state.masks, state.inner_state
+    else:
+      due = jnp.any(jax.vmap(schedule.is_update_step)(steps))
+      m, inner_state = lax.cond(due, prune, lambda ops: ops, (state.masks, state.inner_state))
     updates, inner_state = _masked_update(inner, updates, inner_state, params, m, extra_args)
     return updates, ScheduledPruningState(optax.safe_increment(state.count), m, inner_state)
 

@@ -250,3 +250,19 @@ def test_runner_config_errors_name_the_key(tmp_path, overrides, match):
   from test_runner import digits_config
   with pytest.raises(ConfigError, match=match):
     experiment.run(digits_config(sparsifier="rigl", **overrides), str(tmp_path))
+
+
+def test_update_steps_next_and_the_promise():
+  steps = dynamic.update_steps(7, 60)
+  due = [s for s in range(80) if bool(steps.is_update_step(s))]
+  assert due == list(range(7, 60, 7))
+  for s in range(80):
+    later = [d for d in due if d >= s]
+    assert int(steps.next_update_step(s)) == (later[0] if later else np.iinfo(np.int32).max), s
+  with pytest.raises(ValueError, match="every=0"):
+    transforms.UpdateSteps(0, 1, 5)
+  tx = dynamic.rigl(optax.sgd(0.1), pruning.random(jax.random.key(0), mlp_params(), 0.5),
+                    update_every=2, end_step=10)
+  params = mlp_params()
+  with pytest.raises(TypeError, match="mask_update=.* must be a Python bool"):
+    tx.update(params, tx.init(params), params, mask_update=jnp.array(False))

@@ -216,3 +216,18 @@ def test_bool_float_and_array_steps_rejected(value):
 def test_negative_numpy_step_shown_as_int():
   with pytest.raises(ValueError, match=re.escape("begin_step=-1 must be")):
     schedules.polynomial(0.9, np.int64(-1), 100, 10)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 30), st.integers(1, 40), st.integers(1, 12))
+def test_next_update_step_is_the_first_update_step_ahead(begin, length, frequency):
+  """next_update_step(s) is the smallest u >= s with is_update_step(u), int32's maximum after the
+  last update: for the polynomial schedule (its grid and its end step) and the one-shot one."""
+  for schedule in (schedules.polynomial(0.9, begin, begin + length, frequency),
+                   schedules.one_shot(0.5, begin)):
+    steps = np.arange(begin + length + frequency + 3)
+    due = np.asarray(schedule.is_update_step(steps))
+    got = np.asarray(schedule.next_update_step(steps))
+    for s in steps:
+      ahead = steps[(steps >= s) & due]
+      assert got[s] == (ahead[0] if ahead.size else np.iinfo(np.int32).max), (schedule, s)

@@ -4,6 +4,7 @@ their weight decay, the learning-rate schedules, and resuming a run between two 
 
 from __future__ import annotations
 
+import dataclasses
 
 import chex
 import jax
@@ -14,6 +15,7 @@ import pytest
 from experiments import config as config_lib
 from experiments import setup as setup_lib
 from experiments import trainer
+from sparsejax import transforms
 from workdir_files import checkpoint_steps, read_metrics
 
 # ---------------------------------------------------------------------------------------------
@@ -192,3 +194,49 @@ def test_host_loop_for_convolutions_on_cpu_trains_the_same(monkeypatch, model, h
     results.append((state["params"], loss_sum, correct, evaluation))
   chex.assert_trees_all_close(results[0], results[1], rtol=1e-5, atol=1e-6)
   assert int(results[0][2]) == int(results[1][2])
+
+
+# Sparsifiers whose masks change only on their update steps, each with updates every 7 steps
+# until step 56 or so: the chunks below begin and end on, before and after update steps.
+_PERIODIC = {
+    "rigl": dict(sparsifier="rigl", dst_update_every="7it", dst_end="60it"),
+    "set": dict(sparsifier="set", dst_update_every="7it", dst_end="60it"),
+    "magnitude": dict(sparsifier="magnitude", pruning_begin="3it", pruning_end="59it",
+                      pruning_frequency="7it"),
+    "magnitude 2:4": dict(sparsifier="magnitude", pruning_scope="nm", pruning_begin="3it",
+                          pruning_end="59it", pruning_frequency="7it"),
+    "sap": dict(sparsifier="sap", sap_begin="3it", sap_end="59it", sap_every="7it",
+                sap_gamma=5.0),
+}
+
+
+@pytest.mark.parametrize("name", list(_PERIODIC))
+def test_loop_between_mask_updates_trains_as_the_per_step_loop(name):
+  """The fused loop that runs the steps between mask updates without the transformation's
+  per-step cond (the sparsifier's update_steps, mask_update=False) trains exactly as the loop
+  with the cond at every step: the same params, masks, optimizer state and sums, over chunks
+  that begin and end on, before and after update steps, and past the last update."""
+  from test_runner import digits_config
+  config = digits_config(steps="200it", **_PERIODIC[name])
+  setup = setup_lib.build(config_lib.finalize(config.copy_and_resolve_references()), "")
+  key = setup.key()
+  params, model_state = setup.init(key)
+  results = []
+  for segmented in (True, False):
+    # Each training donates its state, the initial masks included: one sparsifier each.
+    sparsifier = setup.sparsifier(params, model_state, key)
+    assert sparsifier.update_steps is not None
+    if not segmented:
+      sparsifier = dataclasses.replace(sparsifier, update_steps=None)
+    state = trainer.init_state(jax.tree.map(jnp.copy, params), model_state, sparsifier.tx, key)
+    train_steps = trainer.make_train_steps(setup.task, sparsifier)
+    sums = []
+    for n in (5, 9, 14, 1, 40):  # steps 0-68
+      state, chunk_sums = train_steps(state, n)
+      sums.append(chunk_sums)
+    results.append((state, sums))
+  chex.assert_trees_all_equal(*results)
+  initial = transforms.get_masks(setup.sparsifier(params, model_state, key).tx.init(params))
+  final = transforms.get_masks(results[0][0]["opt_state"])
+  assert any(bool(jnp.any(a != b)) for a, b in zip(jax.tree.leaves(initial),
+                                                   jax.tree.leaves(final)))
