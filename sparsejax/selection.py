@@ -9,6 +9,10 @@ reduction, which shards), about ten passes for real weights. Ties at the thresho
 deterministically: the lowest flat index wins, leaves in tree order. Nothing here reshapes or
 scans across a key's last axis, so keys sharded over it (a ``model`` mesh axis) are never
 gathered: ``tests/test_sharding.py`` checks the compiled HLO.
+
+:func:`magnitude_threshold` is the same search for one number only, the threshold halfway between
+the k-th and (k+1)-th largest magnitude (PDP's), on the magnitudes' own float bits, optionally
+started from a guess such as the previous training step's threshold.
 """
 
 from __future__ import annotations
@@ -233,7 +237,7 @@ def magnitude_threshold(a: jax.Array, k: jax.Array, start: jax.Array | None = No
     above = c_probe >= k
     b = _Bracket(jnp.where(above, probe, b.lo), jnp.where(above, c_probe, b.c_lo),
                  jnp.where(above, b.hi, probe), jnp.where(above, b.c_hi, c_probe))
-    return b, step * 2, i + 1
+    return b, jnp.minimum(step, np.uint32(2**30)) * 2, i + 1  # no uint32 overflow
 
   b, _, _ = lax.while_loop(galloping, gallop, (b, first, jnp.int32(0)))
   b = _narrow(count, k, b)
