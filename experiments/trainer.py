@@ -167,8 +167,8 @@ def make_train_steps(task: Task, sparsifier: Sparsifier, axes: PyTree = None) ->
   of computing both sides for every replicate. The sums are then one per replicate.
 
   With ``sparsifier.update_steps`` the fused loop runs the steps between mask updates without
-  the transformation's per-step cond (:func:`_segments`); the host loop keeps one program for
-  every step.
+  the transformation's per-step cond (:func:`_segments`), unless replicates count their steps
+  each; the host loop keeps one program for every step.
   """
   data, spe, bs = task.data, task.durations.steps_per_epoch, task.batch_size
   optimizer, forward = sparsifier.tx, sparsifier.forward
@@ -215,6 +215,8 @@ def make_train_steps(task: Task, sparsifier: Sparsifier, axes: PyTree = None) ->
     return (state, perm, jnp.float32(0), jnp.int32(0))
 
   between_updates = functools.partial(one_step, no_mask_update=True)
+  # Replicates with a step counter each (batched counters) run every step with its cond.
+  shared_step = axes is None or axes["step"] is None
   if axes is not None:
     carry_axes = (axes, 0, 0, 0)
     start = jax.vmap(start, in_axes=(axes,), out_axes=carry_axes)
@@ -238,7 +240,7 @@ def make_train_steps(task: Task, sparsifier: Sparsifier, axes: PyTree = None) ->
 
   @functools.partial(jax.jit, donate_argnums=0)
   def train_steps(state, n):
-    if update_steps is None:
+    if update_steps is None or not shared_step:
       carry = lax.fori_loop(0, n, one_step, start(state))
     else:
       carry = _segments(one_step, between_updates, update_steps, start(state), state["step"] + n)

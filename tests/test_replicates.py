@@ -21,6 +21,7 @@ METHODS = {  # dense is the magnitude run's inner optimizer, vectorized in every
     "magnitude": {"final_sparsity": 0.8, "pruning_begin": "3it", "pruning_end": "20it",
                   "pruning_frequency": "4it"},
     "random": {"final_sparsity": 0.8, "distribution": "erk"},
+    "rigl": {"final_sparsity": 0.8, "dst_update_every": "4it", "dst_end": "20it"},
     "snip": {"final_sparsity": 0.8},
     "pdp": {"final_sparsity": 0.8, "pdp_warmup": "10it", "pdp_rate": 1.0},
     "ste": {"final_sparsity": 0.8, "pdp_warmup": "10it", "pdp_rate": 1.0},
