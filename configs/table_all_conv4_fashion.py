@@ -27,6 +27,7 @@ def get_config():
   config = conv4_fashion.get_config()
   config.train_subset = 12000
   config.steps = "5ep"
+  config.checkpoint_every = "1ep"  # a run takes minutes on CPU: an interruption loses an epoch
   # magnitude (uniform per layer, cubic)
   config.pruning_begin, config.pruning_end, config.pruning_frequency = "1ep", "4ep", "50it"
   config.pruning_power = 3.0

@@ -70,6 +70,12 @@ def _added_at_default(previous: dict, current: dict, keys: Sequence[str],
   return [k for k in keys if k not in previous and k in defaults and current.get(k) == defaults[k]]
 
 
+# Keys a run may resume with changed: they say when checkpoints are written, never what is trained
+# (a resumed run is bitwise the uninterrupted one), e.g. to checkpoint more often after a
+# preemption.
+RESUMABLE_CHANGES = ("checkpoint_every",)
+
+
 def prepare(workdir: str, config: ml_collections.ConfigDict, *, extendable: Sequence[str] = (),
             restartable: Callable[[str], bool] = lambda workdir: False,
             defaults: Mapping[str, Any] | None = None) -> None:
@@ -83,6 +89,9 @@ def prepare(workdir: str, config: ml_collections.ConfigDict, *, extendable: Sequ
       first checkpoint, e.g. on a NaN loss), so that any config may replace it.
     defaults: every key's default (as JSON values): a key the recorded config lacks and the
       config holds at its default does not make the configs differ.
+
+  The keys of :data:`RESUMABLE_CHANGES` never make configs differ: the run resumes, and
+  ``config.json`` records the new values.
   """
   try:
     os.makedirs(workdir, exist_ok=True)
@@ -106,6 +115,11 @@ def prepare(workdir: str, config: ml_collections.ConfigDict, *, extendable: Sequ
       logging.info("%s was started before the keys %s existed; their defaults keep its "
                    "behaviour", workdir, ", ".join(added))
       differing = [k for k in differing if k not in added]
+    changed = [k for k in differing if k in RESUMABLE_CHANGES]
+    if changed:
+      logging.info("%s resumes with %s", workdir, ", ".join(
+          f"{k}: {previous.get(k)!r} -> {current.get(k)!r}" for k in changed))
+      differing = [k for k in differing if k not in changed]
     if not differing:
       write_json(path, current)
       return

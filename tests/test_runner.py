@@ -261,6 +261,35 @@ def test_rerun_after_a_crash_before_the_first_checkpoint(tmp_path, monkeypatch):
   assert_tensorboard_matches(tmp_path / "tensorboard", rows, ("test_accuracy", "train_loss"))
 
 
+def test_resume_with_another_checkpoint_interval(tmp_path, monkeypatch):
+  """checkpoint_every may change when a run resumes (it never changes what is trained): a run
+  killed while saving its second checkpoint resumes with checkpoints every 40 steps and ends as
+  the uninterrupted run; any other key still makes a different config."""
+  saves = []
+  save = workdir_lib.Checkpoints.save
+
+  def crash_on_the_second(self, *args, **kwargs):
+    saves.append(1)
+    if len(saves) == 2:
+      raise Crash
+    return save(self, *args, **kwargs)
+
+  with monkeypatch.context() as patch:
+    patch.setattr(workdir_lib.Checkpoints, "save", crash_on_the_second)
+    with pytest.raises(Crash):
+      experiment.run(digits_config(), str(tmp_path / "run"))
+  assert checkpoint_steps(tmp_path / "run" / "checkpoints") == [100]
+  resumed = experiment.run(digits_config(checkpoint_every="40it"), str(tmp_path / "run"))
+  assert read_json(tmp_path / "run" / "config.json")["checkpoint_every"] == "40it"
+  assert 280 in checkpoint_steps(tmp_path / "run" / "checkpoints")
+  uninterrupted = experiment.run(digits_config(), str(tmp_path / "uninterrupted"))
+  for key in ("test_accuracy", "test_loss", "density"):
+    assert resumed[key] == uninterrupted[key], key
+  with pytest.raises(config_lib.ConfigError, match="eval_every: '100it' -> '50it'"):
+    experiment.run(digits_config(checkpoint_every="40it", eval_every="50it"),
+                   str(tmp_path / "run"))
+
+
 # ---------------------------------------------------------------------------------------------
 # The command line: resume after SIGKILL, overrides, errors.
 
