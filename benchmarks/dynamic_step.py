@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 import sys
-import time
 
 import jax
 import numpy as np
@@ -35,9 +34,10 @@ import optax
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from configs import lenet300_dense, rigl_lenet300_fashion, set_lenet300_fashion  # noqa: E402
+from configs import lenet300_dense, rigl_lenet300_fashion  # noqa: E402
 from experiments import config as config_lib  # noqa: E402
 from overhead import compiled, main_for, rotating, runner_training, time_steps  # noqa: E402
+from replicates import interleaved  # noqa: E402
 from sparsejax import dynamic, pruning  # noqa: E402
 
 EVERY = 50
@@ -84,22 +84,17 @@ def runner(rounds: int, steps: int) -> None:
       c.sparsifier, c.distribution, c.final_sparsity = "random", "erk", 0.9
     elif method != "dense":
       rigl_lenet300_fashion.set_method(c)
-      c.sparsifier = set_lenet300_fashion.get_config().sparsifier if method == "set" else "rigl"
+      c.sparsifier = "set" if method == "set" else "rigl"
       c.dst_update_every, c.dst_end, c.steps = f"{EVERY}it", "100%", "1000ep"
     return config_lib.finalize(c)
 
   every_step = lambda sparsifier, setup: dataclasses.replace(sparsifier, update_steps=None)
   variants = ("dense", "rigl", "set", "static_masks", "rigl, cond every step")
-  built = {v: runner_training(config(v), adapt=every_step if "cond" in v else None)
+  built = {v: list(runner_training(config(v), adapt=every_step if "cond" in v else None)[:2])
            for v in variants}
-  states = {v: jax.block_until_ready(built[v][0](built[v][1], steps))[0] for v in variants}
-  totals = {v: 0.0 for v in variants}
-  for v in rotating(list(variants), rounds):
-    t0 = time.perf_counter()
-    states[v], _ = jax.block_until_ready(built[v][0](states[v], steps))
-    totals[v] += time.perf_counter() - t0
+  totals = {v: sum(ms) for v, ms in interleaved(built, rounds, steps).items()}
   print(f"  the runner's train_steps, chunks of {steps} steps (connections moved every {EVERY} "
-        f"steps): dense {totals['dense'] / (rounds * steps) * 1e3:.3f} ms per step; "
+        f"steps): dense {totals['dense'] / rounds:.3f} ms per step; "
         + "; ".join(f"{v} / dense {totals[v] / totals['dense']:.3f}" for v in variants
                     if v != "dense"))
 

@@ -51,7 +51,6 @@ import argparse
 import dataclasses
 import pathlib
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -64,7 +63,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from configs import pdp_conv4_fashion, pdp_lenet300_fashion, pdp_nm_conv4_fashion
 from experiments import config as config_lib
 from experiments import pdp_sparsifiers, trainer
-from overhead import rotating, runner_training  # this script's directory
+from overhead import runner_training  # this script's directory
+from replicates import interleaved
 from sparsejax import masks as masks_lib
 
 MODELS = {
@@ -124,17 +124,16 @@ def build(model: str, variant: str, num_train: int):
   config = variant_config(model, variant)
 
   def adapt(sparsifier, setup):
-    schedule = pdp_sparsifiers.Schedule(config.final_sparsity, 0,
-                                        setup.task.durations.steps_per_epoch, config.pdp_rate,
-                                        "unstructured", 2, 4, setup.prunable)
+    if variant not in ("pdp sort", "pdp cold"):
+      return sparsifier
+    schedule = (ColdSchedule if variant == "pdp cold" else pdp_sparsifiers.Schedule)(
+        config.final_sparsity, 0, setup.task.durations.steps_per_epoch, config.pdp_rate,
+        "unstructured", 2, 4, setup.prunable)
     if variant == "pdp sort":
       return dataclasses.replace(
           sparsifier, forward=sort_forward(schedule, config.pdp_tau, setup.prunable))
-    if variant == "pdp cold":
-      cold = ColdSchedule(*(getattr(schedule, f.name) for f in dataclasses.fields(schedule)))
-      return dataclasses.replace(
-          sparsifier, tx=cold.transformation(setup.inner_optimizer(), with_thresholds=True))
-    return sparsifier
+    return dataclasses.replace(
+        sparsifier, tx=schedule.transformation(setup.inner_optimizer(), with_thresholds=True))
 
   train_steps, state, sparsifier, setup = runner_training(config, num_train, adapt)
   return train_steps, state, sparsifier, setup.task
@@ -150,21 +149,15 @@ def bench(model: str, rounds: int, steps: int, num_train: int) -> list[str]:
           for s in (pdp_sparsifier, sort_sparsifier))
   diff = max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(a),
                                                             jax.tree.leaves(b)))
-  states = {}
-  for v, (train_steps, state, _, _) in built.items():  # compile and warm up
-    states[v], _ = jax.block_until_ready(train_steps(state, 2))
-  per_step = {v: [] for v in VARIANTS}
-  for v in rotating(list(VARIANTS), rounds):
-    t0 = time.perf_counter()
-    states[v], _ = jax.block_until_ready(built[v][0](states[v], steps))
-    per_step[v].append((time.perf_counter() - t0) / steps)
+  timed = {v: [train_steps, state] for v, (train_steps, state, _, _) in built.items()}
+  per_step = interleaved(timed, rounds, steps)  # ms; the states end in ``timed``
   dense = np.median(per_step["dense"])
   rows = []
   for v in VARIANTS:
     times = np.array(per_step[v])
     ratios = times / np.array(per_step["dense"])
-    density = trainer.density(trainer.masks_of(built[v][2], states[v]))
-    rows.append(f"| {title} | {v} | {np.median(times) * 1e3:.2f} | {np.median(times) / dense:.2f} "
+    density = trainer.density(trainer.masks_of(built[v][2], timed[v][1]))
+    rows.append(f"| {title} | {v} | {np.median(times):.2f} | {np.median(times) / dense:.2f} "
                 f"| {ratios.min():.2f}-{ratios.max():.2f} | {density:.3f} |")
   task = built["dense"][3]
   loop = "one jitted call per step" if trainer.host_loop(task.model) else "lax.fori_loop"

@@ -216,7 +216,7 @@ def make_train_steps(task: Task, sparsifier: Sparsifier, axes: PyTree = None) ->
 
   between_updates = functools.partial(one_step, no_mask_update=True)
   # Replicates with a step counter each (batched counters) run every step with its cond.
-  shared_step = axes is None or axes["step"] is None
+  segmented = update_steps is not None and (axes is None or axes["step"] is None)
   if axes is not None:
     carry_axes = (axes, 0, 0, 0)
     start = jax.vmap(start, in_axes=(axes,), out_axes=carry_axes)
@@ -240,10 +240,10 @@ def make_train_steps(task: Task, sparsifier: Sparsifier, axes: PyTree = None) ->
 
   @functools.partial(jax.jit, donate_argnums=0)
   def train_steps(state, n):
-    if update_steps is None or not shared_step:
-      carry = lax.fori_loop(0, n, one_step, start(state))
-    else:
+    if segmented:
       carry = _segments(one_step, between_updates, update_steps, start(state), state["step"] + n)
+    else:
+      carry = lax.fori_loop(0, n, one_step, start(state))
     state, _, loss_sum, correct = carry
     return state, (loss_sum, correct)
 

@@ -115,15 +115,16 @@ def prepare(workdir: str, config: ml_collections.ConfigDict, *, extendable: Sequ
       logging.info("%s was started before the keys %s existed; their defaults keep its "
                    "behaviour", workdir, ", ".join(added))
       differing = [k for k in differing if k not in added]
+    describe = lambda keys: ", ".join(f"{k}: {previous.get(k)!r} -> {current.get(k)!r}"
+                                      for k in keys)
     changed = [k for k in differing if k in RESUMABLE_CHANGES]
     if changed:
-      logging.info("%s resumes with %s", workdir, ", ".join(
-          f"{k}: {previous.get(k)!r} -> {current.get(k)!r}" for k in changed))
+      logging.info("%s resumes with %s", workdir, describe(changed))
       differing = [k for k in differing if k not in changed]
     if not differing:
       write_json(path, current)
       return
-    detail = ", ".join(f"{k}: {previous.get(k)!r} -> {current.get(k)!r}" for k in differing)
+    detail = describe(differing)
     same_kind = all(previous.get(k) == current.get(k) for k in ("protocol", "sparsifier"))
     if same_kind and set(differing) <= set(extendable) and all(
         current[k] > previous[k] for k in differing):

@@ -392,8 +392,7 @@ def thresholds(params: PyTree, sparsities: Any = None, scope: str = "unstructure
   """
   return _map_prunable(
       params, sparsities, scope, n, m, prunable,
-      lambda path, w, s, n, m, start: _leaf_threshold(
-          path, w, s, scope, n, m, None if scope == "nm" else start),
+      lambda path, w, s, n, m, start: _leaf_threshold(path, w, s, scope, n, m, start),
       lambda _: jnp.zeros((), _F32), previous, "previous thresholds")
 
 

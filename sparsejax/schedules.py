@@ -43,6 +43,12 @@ def _check_step(name: str, value) -> int:
 NEVER = np.int32(np.iinfo(np.int32).max)
 
 
+def next_on_grid(step, first: int, every: int):
+  """The first of ``first, first + every, first + 2 every, ...`` at or after ``step`` (int32)."""
+  after = jnp.maximum(jnp.asarray(step, jnp.int32), first)
+  return first + (after - first + every - 1) // every * every
+
+
 @dataclasses.dataclass(frozen=True)
 class Polynomial:
   """Zhu & Gupta's polynomial schedule; build it with :func:`polynomial`."""
@@ -74,11 +80,8 @@ class Polynomial:
 
   def next_update_step(self, step):
     """The first update step at or after ``step`` (int32), or int32's maximum after the last."""
-    step = jnp.asarray(step, jnp.int32)
-    after = jnp.maximum(step, self.begin_step)
-    grid = self.begin_step + (after - self.begin_step + self.frequency - 1) // self.frequency * (
-        self.frequency)
-    return jnp.where(after > self.end_step, NEVER, jnp.minimum(grid, self.end_step))
+    grid = next_on_grid(step, self.begin_step, self.frequency)
+    return jnp.where(jnp.asarray(step) > self.end_step, NEVER, jnp.minimum(grid, self.end_step))
 
 
 def polynomial(final_sparsity: float, begin_step: int, end_step: int, frequency: int,

@@ -129,6 +129,13 @@ def _bracket(keys: Sequence[jax.Array], k: jax.Array) -> _Bracket:
   return _narrow(lambda t: _count_at_least(keys, t), k, b)
 
 
+def _probed(b: _Bracket, probe: jax.Array, count: jax.Array, k: jax.Array) -> _Bracket:
+  """``b`` with the end on ``probe``'s side of the k-th largest key moved to it."""
+  up = count >= k
+  return _Bracket(jnp.where(up, probe, b.lo), jnp.where(up, count, b.c_lo),
+                  jnp.where(up, b.hi, probe), jnp.where(up, b.c_hi, count))
+
+
 def _narrow(count_at_least, k: jax.Array, b: _Bracket) -> _Bracket:
   """Narrows the bracket ``b`` (``b.c_lo >= k > b.c_hi``) by counting passes.
 
@@ -155,9 +162,7 @@ def _narrow(count_at_least, k: jax.Array, b: _Bracket) -> _Bracket:
     # Illinois: when the same end moves twice in a row, halve the other end's weight.
     f_lo = jnp.where(up, f_mid, jnp.where(last == -1, f_lo / 2, f_lo))
     f_hi = jnp.where(up, jnp.where(last == 1, f_hi / 2, f_hi), f_mid)
-    b = _Bracket(jnp.where(up, mid, b.lo), jnp.where(up, c_mid, b.c_lo),
-                 jnp.where(up, b.hi, mid), jnp.where(up, b.c_hi, c_mid))
-    return i + 1, b, f_lo, f_hi, jnp.where(up, 1, -1)
+    return i + 1, _probed(b, mid, c_mid, k), f_lo, f_hi, jnp.where(up, 1, -1)
 
   return lax.while_loop(searching, step, init)[1]
 
@@ -218,8 +223,7 @@ def magnitude_threshold(a: jax.Array, k: jax.Array, start: jax.Array | None = No
   c = count(estimate)
   # 0.0 and one past +inf bound every magnitude; NaN, counted by neither, only ever lands on lo.
   up = c >= k
-  b = _Bracket(jnp.where(up, estimate, _ZERO), jnp.where(up, c, jnp.int32(n)),
-               jnp.where(up, _PAST_INF, estimate), jnp.where(up, jnp.int32(0), c))
+  b = _probed(_Bracket(_ZERO, jnp.int32(n), _PAST_INF, jnp.int32(0)), estimate, c, k)
   first = (jnp.abs(c - k).astype(jnp.float32) + 1.0) * per_entry * 2.0
   first = jnp.clip(first, 1.0, 2.0**30).astype(jnp.uint32)
 
@@ -233,11 +237,7 @@ def magnitude_threshold(a: jax.Array, k: jax.Array, start: jax.Array | None = No
     width = b.hi - b.lo
     probe = jnp.where(up, b.lo + jnp.minimum(step, width - 1),
                       b.hi - jnp.minimum(step, width - 1))
-    c_probe = count(probe)
-    above = c_probe >= k
-    b = _Bracket(jnp.where(above, probe, b.lo), jnp.where(above, c_probe, b.c_lo),
-                 jnp.where(above, b.hi, probe), jnp.where(above, b.c_hi, c_probe))
-    return b, jnp.minimum(step, np.uint32(2**30)) * 2, i + 1  # no uint32 overflow
+    return _probed(b, probe, count(probe), k), jnp.minimum(step, np.uint32(2**30)) * 2, i + 1  # no uint32 overflow
 
   b, _, _ = lax.while_loop(galloping, gallop, (b, first, jnp.int32(0)))
   b = _narrow(count, k, b)

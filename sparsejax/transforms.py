@@ -110,9 +110,7 @@ class UpdateSteps:
   def next_update_step(self, step: Any) -> jax.Array:
     """The first update step at or after ``step`` (int32), or int32's maximum where none is
     left."""
-    step = jnp.asarray(step, jnp.int32)
-    after = jnp.maximum(step, self.first)
-    due = self.first + (after - self.first + self.every - 1) // self.every * self.every
+    due = schedules_lib.next_on_grid(step, self.first, self.every)
     return jnp.where(due < self.end, due, schedules_lib.NEVER)
 
   def is_update_step(self, step: Any) -> jax.Array:
