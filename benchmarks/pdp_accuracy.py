@@ -3,16 +3,20 @@
 For LeNet-300-100 and Conv-4 on Fashion-MNIST, at each sparsity (``--sparsities``, default 90%
 and 95%) and seed, it trains through the runner's ``train`` protocol:
 
-  dense       the recipe without pruning (once per seed);
-  magnitude   gradual magnitude pruning (Zhu & Gupta 2017, uniform per layer);
-  random_erk  random pruning at initialization with ERK densities (Liu et al. 2022);
-  pdp         PDP soft masks (Cho et al. 2023), unstructured;
-  ste         straight-through magnitude masks on PDP's schedule;
+  dense             the recipe without pruning (once per seed);
+  magnitude         gradual magnitude pruning (Zhu & Gupta 2017), uniform per layer;
+  magnitude_global  the same with one global ranking of the magnitudes, which splits the
+                    sparsity over layers as PDP's targets are split (a global ranking at the end
+                    of PDP's warm-up);
+  random_erk        random pruning at initialization with ERK densities (Liu et al. 2022);
+  pdp               PDP soft masks (Cho et al. 2023), unstructured;
+  ste               straight-through magnitude masks on PDP's schedule;
 
 and at 2:4 (``--nm``; '' for none): ``pdp_nm``, ``ste_nm`` and ``magnitude_nm`` (gradual
-magnitude N:M; Conv-4's first convolution, with one input channel, stays dense). The number compared is the test accuracy of the network with its hard masks,
-pruned weights exactly 0.0: ``test_accuracy_hard`` for pdp and ste (whose training evaluates the
-soft or straight-through network), ``test_accuracy`` for the others (their masks are hard).
+magnitude N:M; Conv-4's first convolution, with one input channel, stays dense). The number
+compared is the test accuracy of the network with its hard masks, pruned weights exactly 0.0:
+``test_accuracy_hard`` for pdp and ste (whose training evaluates the soft or straight-through
+network), ``test_accuracy`` for the others (their masks are hard).
 
 Recipes:
 
@@ -27,7 +31,7 @@ Recipes:
   from epoch 1 to 4 every 50 iterations; ``--conv4_recipe=full`` runs the configs as they are.
 
   python benchmarks/pdp_accuracy.py [--models lenet300,conv4] [--seeds 0,1,2]
-      [--sparsities 0.9,0.95] [--methods dense,magnitude,random_erk,pdp,ste] [--nm 2:4]
+      [--sparsities 0.9,0.95] [--methods dense,magnitude,magnitude_global,random_erk,pdp,ste] [--nm 2:4]
       [--workdir runs/pdp_accuracy] [--conv4_recipe short] [--collect]
       [--steps 40it --dataset digits]  (a smoke run)
 
@@ -53,7 +57,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from configs import lenet300_dense, lenet300_magnitude, pdp_conv4_fashion, pdp_lenet300_fashion
 from experiments import experiment
 
-METHODS = ("dense", "magnitude", "random_erk", "pdp", "ste")
+METHODS = ("dense", "magnitude", "magnitude_global", "random_erk", "pdp", "ste")
 NM_METHODS = ("pdp_nm", "ste_nm", "magnitude_nm")
 HARD = {"pdp", "ste", "pdp_nm", "ste_nm"}
 
@@ -62,7 +66,9 @@ def _lenet300(method: str):
   if method == "dense":
     return lenet300_dense.get_config()
   if method.startswith("magnitude"):
-    return lenet300_magnitude.get_config()
+    config = lenet300_magnitude.get_config()
+    config.distribution = "global" if method == "magnitude_global" else "uniform"
+    return config
   config = pdp_lenet300_fashion.get_config()
   if method == "random_erk":
     config.sparsifier, config.distribution = "random", "erk"
@@ -80,7 +86,7 @@ def _conv4(method: str, recipe: str):
     config.sparsifier = "dense"
   elif method.startswith("magnitude"):
     config.sparsifier = "magnitude"
-    config.distribution = "uniform"
+    config.distribution = "global" if method == "magnitude_global" else "uniform"
     config.pruning_power = 3.0
     if recipe == "short":
       config.pruning_begin, config.pruning_end, config.pruning_frequency = "1ep", "4ep", "50it"

@@ -62,6 +62,7 @@ def test_pdp_accuracy_configs_select_each_method(model):
   bench = _pdp_accuracy_module()
   args = argparse.Namespace(conv4_recipe="short", nm="2:4", steps="", dataset="")
   expected = {"dense": ("dense", None), "magnitude": ("magnitude", "unstructured"),
+              "magnitude_global": ("magnitude", "unstructured"),
               "random_erk": ("random", None), "pdp": ("pdp", "unstructured"),
               "ste": ("ste", "unstructured"), "pdp_nm": ("pdp", "nm"), "ste_nm": ("ste", "nm"),
               "magnitude_nm": ("magnitude", "nm")}
@@ -77,8 +78,10 @@ def test_pdp_accuracy_configs_select_each_method(model):
       assert config.prune_exclude == ("conv1" if model == "conv4" else ""), method
     elif method != "dense":
       assert config.final_sparsity == 0.9
-    if method == "random_erk":
-      assert config.distribution == "erk"
+    distributions = {"random_erk": "erk", "magnitude": "uniform", "magnitude_global": "global",
+                     "magnitude_nm": "uniform"}
+    if method in distributions:
+      assert config.distribution == distributions[method], method
 
 
 def test_pdp_accuracy_benchmark_runs(tmp_path):
