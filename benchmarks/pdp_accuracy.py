@@ -31,7 +31,8 @@ Recipes:
   from epoch 1 to 4 every 50 iterations; ``--conv4_recipe=full`` runs the configs as they are.
 
   python benchmarks/pdp_accuracy.py [--models lenet300,conv4] [--seeds 0,1,2]
-      [--sparsities 0.9,0.95] [--methods dense,magnitude,magnitude_global,random_erk,pdp,ste] [--nm 2:4]
+      [--sparsities 0.9,0.95] [--nm 2:4]
+      [--methods dense,magnitude,magnitude_global,random_erk,pdp,ste]
       [--workdir runs/pdp_accuracy] [--conv4_recipe short] [--collect]
       [--steps 40it --dataset digits]  (a smoke run)
 
@@ -62,12 +63,16 @@ NM_METHODS = ("pdp_nm", "ste_nm", "magnitude_nm")
 HARD = {"pdp", "ste", "pdp_nm", "ste_nm"}
 
 
+def _magnitude_distribution(method: str) -> str:
+  return "global" if method == "magnitude_global" else "uniform"
+
+
 def _lenet300(method: str):
   if method == "dense":
     return lenet300_dense.get_config()
   if method.startswith("magnitude"):
     config = lenet300_magnitude.get_config()
-    config.distribution = "global" if method == "magnitude_global" else "uniform"
+    config.distribution = _magnitude_distribution(method)
     return config
   config = pdp_lenet300_fashion.get_config()
   if method == "random_erk":
@@ -86,7 +91,7 @@ def _conv4(method: str, recipe: str):
     config.sparsifier = "dense"
   elif method.startswith("magnitude"):
     config.sparsifier = "magnitude"
-    config.distribution = "global" if method == "magnitude_global" else "uniform"
+    config.distribution = _magnitude_distribution(method)
     config.pruning_power = 3.0
     if recipe == "short":
       config.pruning_begin, config.pruning_end, config.pruning_frequency = "1ep", "4ep", "50it"

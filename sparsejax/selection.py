@@ -237,7 +237,8 @@ def magnitude_threshold(a: jax.Array, k: jax.Array, start: jax.Array | None = No
     width = b.hi - b.lo
     probe = jnp.where(up, b.lo + jnp.minimum(step, width - 1),
                       b.hi - jnp.minimum(step, width - 1))
-    return _probed(b, probe, count(probe), k), jnp.minimum(step, np.uint32(2**30)) * 2, i + 1  # no uint32 overflow
+    step = jnp.minimum(step, np.uint32(2**30)) * 2  # no uint32 overflow
+    return _probed(b, probe, count(probe), k), step, i + 1
 
   b, _, _ = lax.while_loop(galloping, gallop, (b, first, jnp.int32(0)))
   b = _narrow(count, k, b)
