@@ -1,21 +1,29 @@
 """A sweep's wall time through its launchers against running its points by hand, side by side.
 
 The same points (default: ``configs/digits_smoke.py``'s ``smoke`` sweep, 4 points of a few
-seconds each, so that any overhead shows) are run from scratch, in fresh roots, four ways,
+seconds each, so that any overhead shows) are run from scratch, in fresh roots, in several ways,
 interleaved round by round:
 
-  by hand      ``python -m experiments.main`` for each point, one after another: what a
-               researcher would type (the commands ``experiments.sweep --dry_run`` prints);
-  local        ``python -m experiments.sweep --launcher=local`` (one point at a time);
-  local x2     the same with ``--parallel=2``;
-  ray          ``--launcher=ray`` on a local Ray cluster started once beforehand (not timed)
-               with 2 CPUs, each point asking for 1 (so two at once, as ``local x2``).
+  by_hand          ``python -m experiments.main`` for each point, one after another: what a
+                   researcher would type (the commands ``experiments.sweep --dry_run`` prints);
+  local            ``python -m experiments.sweep --launcher=local`` (one point at a time);
+  local_x2         the same with ``--parallel=2``: two at once, each on its own half of the
+                   cores (the default ``--pin_cores``);
+  local_x2_shared  ``--parallel=2 --nopin_cores``: two at once, sharing every core;
+  ray              ``--launcher=ray`` on a local Ray cluster started once beforehand (not timed)
+                   with 2 CPUs, each point asking for 1 (so two at once, as ``local_x2``).
 
-It reports each way's wall time and its ratio to by hand (the launcher's cost, or with two at
-once, its gain on this machine's cores).
+It reports each way's wall time and its ratio to the first way (by hand: the launcher's cost, or
+with two at once, its gain on this machine's cores).
+
+``--workload conv4`` runs instead 4 points where the computation dominates: Conv-4 on
+Fashion-MNIST (batch 60, the training set's first 12,000 images) for 200 iterations each, with
+one evaluation on the 10,000 test images at the end, seeds 0 to 3 (``CONV4_CONFIG`` below). With
+it, the ways compare how a CPU's cores are best shared between points::
 
   python benchmarks/sweep_overhead.py [--config configs/digits_smoke.py] [--sweep smoke]
-      [--rounds 2] [--ways by_hand,local,local_x2,ray]
+      [--rounds 2] [--ways by_hand,local,local_x2,local_x2_shared,ray]
+  python benchmarks/sweep_overhead.py --workload conv4 --ways local,local_x2,local_x2_shared
 """
 
 from __future__ import annotations
@@ -51,10 +59,28 @@ def launcher(*flags):
   return run
 
 
+CONV4_CONFIG = '''"""Conv-4 on Fashion-MNIST, 4 points of 200 iterations (benchmarks/sweep_overhead.py)."""
+from configs import conv4_fashion
+
+
+def get_config():
+  config = conv4_fashion.get_config()
+  config.train_subset = 12000
+  config.steps = "200it"
+  config.eval_every = config.log_every = config.checkpoint_every = "200it"
+  return config
+
+
+def sweep_seeds():
+  return [{"seed": seed} for seed in range(4)]
+'''
+
+
 WAYS = {
     "by_hand": by_hand,
     "local": launcher(),
     "local_x2": launcher("--parallel=2"),
+    "local_x2_shared": launcher("--parallel=2", "--nopin_cores"),
     "ray": launcher("--launcher=ray", "--ray_address={address}", "--ray_num_cpus=1"),
 }
 
@@ -65,8 +91,17 @@ def main():
   parser.add_argument("--sweep", default="smoke")
   parser.add_argument("--rounds", type=int, default=2)
   parser.add_argument("--ways", default=",".join(WAYS))
+  parser.add_argument("--workload", choices=("config", "conv4"), default="config",
+                      help="conv4: the 4 Conv-4 points of CONV4_CONFIG instead of --config")
   args = parser.parse_args()
   ways = [w for w in args.ways.split(",") if w]
+  unknown = sorted(set(ways) - set(WAYS))
+  if unknown:
+    parser.error(f"unknown ways {unknown}; valid: {', '.join(WAYS)}")
+  if args.workload == "conv4":
+    directory = tempfile.mkdtemp(prefix="sweep_conv4_config_")
+    args.config, args.sweep = str(pathlib.Path(directory) / "conv4_seeds.py"), "seeds"
+    pathlib.Path(args.config).write_text(CONV4_CONFIG)
   address = ""
   if "ray" in ways:
     import ray  # the sweep extra: pip install 'sparsejax[sweep]'
@@ -86,12 +121,12 @@ def main():
     if "ray" in ways:
       ray.shutdown()
   print(f"{len(points)} points of {args.config} --sweep={args.sweep}, {args.rounds} rounds")
-  print("| way | wall seconds (median) | / by hand (range over rounds) |")
+  print(f"| way | wall seconds (median) | / {ways[0]} (range over rounds) |")
   print("|---|---|---|")
-  base = times.get("by_hand")
+  base = times[ways[0]]
   for w in ways:
-    ratio = [x / y for x, y in zip(times[w], base)] if base else []
-    spread = f"{statistics.median(ratio):.2f} ({min(ratio):.2f}-{max(ratio):.2f})" if ratio else ""
+    ratio = [x / y for x, y in zip(times[w], base)]
+    spread = f"{statistics.median(ratio):.2f} ({min(ratio):.2f}-{max(ratio):.2f})"
     print(f"| {w} | {statistics.median(times[w]):.1f} | {spread} |", flush=True)
 
 

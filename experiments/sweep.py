@@ -19,8 +19,11 @@ writes them from what the root holds (without ``--config``: every point recorded
 Launchers, all from the same definition:
 
 ``--launcher=local`` (default): the points one after another on this machine, or
-``--parallel=N`` of them at once (on a CPU each already uses every core; on a single GPU
-several need ``XLA_PYTHON_CLIENT_MEM_FRACTION``).
+``--parallel=N`` of them at once. On Linux each then runs on its own share of the cores
+(``--nopin_cores``: they share them all): XLA:CPU uses every core it may for one point, but not
+fully, and on 2 cores two pinned points train more steps per second in all than one point or two
+that share the cores (``benchmarks/sweep_overhead.py``). On a single GPU several points need
+``XLA_PYTHON_CLIENT_MEM_FRACTION``.
 
 ``--launcher=ray``: one Ray task per point (``pip install 'sparsejax[sweep]'``), asking for
 ``--ray_num_cpus`` (1), ``--ray_num_gpus`` (0) and ``--ray_resources`` (JSON), on the cluster at
@@ -100,6 +103,9 @@ def define_flags() -> None:
   flags.DEFINE_string("root", None, "Directory of the points' workdirs and of the table.")
   flags.DEFINE_enum("launcher", "local", ["local", "ray", "index"], "Where the points run.")
   flags.DEFINE_integer("parallel", 1, "local: points run at once.", lower_bound=1)
+  flags.DEFINE_bool("pin_cores", True, "local, --parallel > 1: each running point has its own "
+                    "share of this machine's cores (Linux), which on CPUs trains more steps per "
+                    "second in all than points sharing every core.")
   flags.DEFINE_integer("sweep_index", None, "index: the point to run (default: "
                        "$SLURM_ARRAY_TASK_ID or $JOB_COMPLETION_INDEX).", lower_bound=0)
   flags.DEFINE_string("ray_address", None, "ray: the cluster ('auto', 'HOST:PORT'); default: "
@@ -154,7 +160,8 @@ def sweep(argv) -> int:
                                 FLAGS.ray_num_cpus, FLAGS.ray_num_gpus,
                                 _resources(FLAGS.ray_resources))
   else:
-    results = sweep_lib.run_local(FLAGS.config, root, points, FLAGS.parallel)
+    results = sweep_lib.run_local(FLAGS.config, root, points, FLAGS.parallel,
+                                  pin_cores=FLAGS.pin_cores)
   print(sweep_lib.write_report(root, points, title))
   print(f"table: {os.path.join(root, 'sweep.md')}, {os.path.join(root, 'sweep.csv')}; "
         f"figure: {os.path.join(root, 'sweep.png')}")

@@ -31,7 +31,7 @@ Where the launchers meet the workdir:
   the points (:func:`write_report`), built from the workdirs alone.
 
 Launchers (:mod:`experiments.sweep` is their command line): :func:`run_local` (up to
-``parallel`` points at once on this machine), :func:`run_ray` (one Ray task per point with the
+``parallel`` points at once on this machine, each on its own cores), :func:`run_ray` (one Ray task per point with the
 resources it asks for) and :func:`run_index` (point ``i`` only, for SLURM job arrays and
 Kubernetes indexed jobs). The launcher processes never use an accelerator: only the points do.
 """
@@ -358,22 +358,55 @@ def _cpu_only() -> None:
 
 
 # Run before the point's command (which it replaces by exec, keeping the pid): on Linux, the child
-# is sent SIGTERM when its launcher (argv[1]) dies, also if that happened before the prctl call.
-# A program of its own, not a preexec_fn: a fork of a launcher with threads (JAX's) would be unsafe.
+# is sent SIGTERM when its launcher (argv[1]) dies, also if that happened before the prctl call,
+# and runs on the cores listed in argv[2] ("0,1"; empty: wherever the launcher may). A program of
+# its own, not a preexec_fn: a fork of a launcher with threads (JAX's) would be unsafe.
 _DIE_WITH_LAUNCHER = (
     "import ctypes, os, signal, sys\n"
     "if sys.platform.startswith('linux'):\n"
     "  ctypes.CDLL(None).prctl(%d, signal.SIGTERM)\n"
     "  if os.getppid() != int(sys.argv[1]):\n"
     "    os.kill(os.getpid(), signal.SIGTERM)\n"
-    "os.execv(sys.executable, [sys.executable] + sys.argv[2:])\n" % PR_SET_PDEATHSIG)
+    "  if sys.argv[2]:\n"
+    "    os.sched_setaffinity(0, [int(c) for c in sys.argv[2].split(',')])\n"
+    "os.execv(sys.executable, [sys.executable] + sys.argv[3:])\n" % PR_SET_PDEATHSIG)
+
+
+def core_groups(parallel: int, cores: Sequence[int] | None = None) -> list[tuple[int, ...]] | None:
+  """``parallel`` disjoint groups of consecutive ``cores`` (default: those this process may run
+  on), of sizes that differ by at most one; None where there are fewer cores than groups or the
+  platform cannot pin a process to cores (only Linux can).
+
+  XLA:CPU runs one point's convolutions and matrix products on every core it may use, but not at
+  full speed: on 2 cores, two points pinned to one core each train more steps per second in all
+  than two that share both cores, or than one at a time (``benchmarks/sweep_overhead.py``).
+  """
+  if cores is None:
+    if not hasattr(os, "sched_getaffinity"):
+      return None
+    cores = os.sched_getaffinity(0)
+  cores = sorted(cores)
+  if parallel < 1 or len(cores) < parallel:
+    return None
+  size, extra = divmod(len(cores), parallel)
+  groups, begin = [], 0
+  for index in range(parallel):
+    end = begin + size + (index < extra)
+    groups.append(tuple(cores[begin:end]))
+    begin = end
+  return groups
+
+
+def _cores_text(cores: Sequence[int]) -> str:
+  return ",".join(map(str, cores))
 
 
 class Attempt:
   """One run of a point's command in a child process that holds the point's lock with us."""
 
-  def __init__(self, config_path: str, root: str, point: Point, lock: int):
-    self.point, self.lock = point, lock
+  def __init__(self, config_path: str, root: str, point: Point, lock: int,
+               cores: Sequence[int] | None = None):
+    self.point, self.lock, self.cores = point, lock, cores
     self.directory = os.path.join(root, point.name)
     argv = command(config_path, root, point)
     workdir_lib.write_json(os.path.join(self.directory, POINT_FILE), {
@@ -381,11 +414,13 @@ class Attempt:
         "config": os.path.abspath(config_path), "command": ["python", *argv]})
     self.log = open(os.path.join(self.directory, LOG_FILE), "ab")
     now = datetime.datetime.now().isoformat(timespec="seconds")
-    self.log.write(f"== start {now} on {socket.gethostname()}: python {' '.join(argv)}\n".encode())
+    where = socket.gethostname() + (f", cores {_cores_text(cores)}" if cores else "")
+    self.log.write(f"== start {now} on {where}: python {' '.join(argv)}\n".encode())
     self.log.flush()
     self.started = time.time()
     self.process = subprocess.Popen(
-        [sys.executable, "-c", _DIE_WITH_LAUNCHER, str(os.getpid()), *argv], cwd=REPO,
+        [sys.executable, "-c", _DIE_WITH_LAUNCHER, str(os.getpid()), _cores_text(cores or ()),
+         *argv], cwd=REPO,
         stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT, pass_fds=(lock,))
 
   def poll(self) -> int | None:
@@ -404,8 +439,10 @@ class Attempt:
     return time.time() - self.started
 
 
-def start(config_path: str, root: str, point: Point) -> Attempt | str:
-  """Starts the point, or says why not: ``"finished"`` or ``"busy"`` (another process runs it)."""
+def start(config_path: str, root: str, point: Point,
+          cores: Sequence[int] | None = None) -> Attempt | str:
+  """Starts the point (on ``cores``, if given), or says why not: ``"finished"`` or ``"busy"``
+  (another process runs it)."""
   directory = os.path.join(root, point.name)
   lock = _lock(directory)
   if lock is None:
@@ -414,7 +451,7 @@ def start(config_path: str, root: str, point: Point) -> Attempt | str:
     os.close(lock)
     return "finished"
   try:
-    return Attempt(config_path, root, point, lock)
+    return Attempt(config_path, root, point, lock, cores)
   except BaseException:
     os.close(lock)
     raise
@@ -476,15 +513,21 @@ def run_point(config_path: str, root: str, point: Point, poll: float = 1.0) -> i
 
 
 def run_local(config_path: str, root: str, points: Sequence[Point], parallel: int = 1,
-              poll: float = 0.2) -> dict[str, int | None]:
+              poll: float = 0.2, pin_cores: bool = True) -> dict[str, int | None]:
   """Runs the points on this machine, up to ``parallel`` at once, skipping finished ones.
 
-  A point another process runs is waited for. SIGTERM stops the running points (each saves a
-  checkpoint and exits) and starts no other; the statuses say which did not finish.
+  With ``pin_cores`` (and ``parallel > 1``), each running point has a group of
+  :func:`core_groups` to itself. A point another process runs is waited for. SIGTERM stops the
+  running points (each saves a checkpoint and exits) and starts no other; the statuses say which
+  did not finish.
   """
   if parallel < 1:
     raise ConfigError(f"parallel={parallel!r} must be >= 1.")
   _cpu_only()
+  free = core_groups(parallel) if pin_cores and parallel > 1 else None
+  if pin_cores and parallel > 1 and free is None:
+    logging.warning("parallel=%d: fewer cores than points, or no pinning on this platform; the "
+                    "points share the cores", parallel)
   queue, running, results, waited = list(points), [], {}, set()
   total, done = len(points), 0
   with _Stop(running) as stop:
@@ -493,7 +536,10 @@ def run_local(config_path: str, root: str, points: Sequence[Point], parallel: in
         busy = []
         while queue and len(running) < parallel and not stop.requested:
           point = queue.pop(0)
-          attempt = start(config_path, root, point)
+          cores = free.pop(0) if free is not None else None
+          attempt = start(config_path, root, point, cores)
+          if not isinstance(attempt, Attempt) and cores is not None:
+            free.insert(0, cores)
           if attempt == "busy":
             busy.append(point)
             if point.name not in waited:
@@ -512,6 +558,8 @@ def run_local(config_path: str, root: str, points: Sequence[Point], parallel: in
         for attempt in [a for a in running if a.poll() is not None]:
           running.remove(attempt)
           results[attempt.point.name] = attempt.finish()
+          if attempt.cores is not None:
+            free.append(attempt.cores)
           done += 1
           logging.info("[%d/%d] %s", done, total,
                        _outcome(attempt.point, results[attempt.point.name], attempt.seconds))

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 import ray
+from hypothesis import given
+from hypothesis import strategies as st
 from absl import flags
 from ml_collections import config_flags
 
@@ -255,6 +257,53 @@ def test_sweep_index_from_flag_or_job_array():
     sweep_lib.sweep_index(None, {"SLURM_ARRAY_TASK_ID": "a"})
   with pytest.raises(ConfigError, match="it has 4 points, 0 to 3"):
     sweep_lib.run_index(SMOKE_CONFIG, ["smoke"], "/nonexistent", 4)
+
+
+@given(cores=st.sets(st.integers(0, 255), max_size=40), parallel=st.integers(1, 12))
+def test_core_groups_split_the_cores_into_disjoint_near_equal_runs(cores, parallel):
+  groups = sweep_lib.core_groups(parallel, cores)
+  if len(cores) < parallel:
+    assert groups is None
+    return
+  assert len(groups) == parallel
+  assert [c for g in groups for c in g] == sorted(cores)  # each core once, in order
+  sizes = {len(g) for g in groups}
+  assert min(sizes) >= 1 and max(sizes) - min(sizes) <= 1
+
+
+# A point's command replaced by one that prints the cores it may run on, after a pause that
+# keeps two points running at once.
+_PRINT_AFFINITY = ["-c", "import os, time; time.sleep(0.5); "
+                   "print('affinity', sorted(os.sched_getaffinity(0)))"]
+
+
+def _affinities(root: Path, points) -> list[list[int]]:
+  found = []
+  for point in points:
+    log = (root / point.name / sweep_lib.LOG_FILE).read_text()
+    found.append(json.loads(re.search(r"^affinity (\[.*\])$", log, re.M).group(1)))
+  return found
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="pinning needs Linux")
+@pytest.mark.parametrize("pin", [True, False])
+def test_parallel_points_run_on_cores_of_their_own(tmp_path, monkeypatch, pin):
+  monkeypatch.setattr(sweep_lib, "command", lambda config, root, point: _PRINT_AFFINITY)
+  points = sweep_lib.load_points(SMOKE_CONFIG, ["smoke"])
+  results = sweep_lib.run_local(SMOKE_CONFIG, str(tmp_path), points, parallel=2, pin_cores=pin)
+  assert results == {p.name: 0 for p in points}
+  found = _affinities(tmp_path, points)
+  everywhere = sorted(os.sched_getaffinity(0))
+  groups = sweep_lib.core_groups(2)
+  if not pin or groups is None:  # one core only: nothing to split
+    assert found == [everywhere] * len(points)
+    return
+  groups = [list(g) for g in groups]
+  assert found[:2] == groups  # the first two start at once, one group each
+  assert all(f in groups for f in found)
+  for point, cores in zip(points, found):
+    log = (tmp_path / point.name / sweep_lib.LOG_FILE).read_text()
+    assert f", cores {','.join(map(str, cores))}: python" in log
 
 
 def _fake_run(root: Path, overrides: dict, summary: dict | None):
