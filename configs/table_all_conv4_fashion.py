@@ -2,7 +2,7 @@
 3 seeds each, at one training budget::
 
   python -m experiments.sweep --config=configs/table_all_conv4_fashion.py --sweep=all \
-      --root=runs/table_all_conv4
+      --root=runs/table_all_conv4 --parallel=2
 
 The methods and their settings are those of ``configs/table_all_lenet300_fashion.py``, on the
 Conv-4 recipe of ``configs/conv4_fashion.py`` (the LTH paper's: Adam, ``lr=3e-4`` constant, batch
