@@ -516,27 +516,35 @@ def run_local(config_path: str, root: str, points: Sequence[Point], parallel: in
               poll: float = 0.2, pin_cores: bool = True) -> dict[str, int | None]:
   """Runs the points on this machine, up to ``parallel`` at once, skipping finished ones.
 
-  With ``pin_cores`` (and ``parallel > 1``), each running point has a group of
-  :func:`core_groups` to itself. A point another process runs is waited for. SIGTERM stops the
-  running points (each saves a checkpoint and exits) and starts no other; the statuses say which
-  did not finish.
+  With ``pin_cores``, each running point has a group of :func:`core_groups` to itself, of
+  ``min(parallel, points left to run)`` groups (so that no core stays idle for want of points).
+  A point another process runs is waited for. SIGTERM stops the running points (each saves a
+  checkpoint and exits) and starts no other; the statuses say which did not finish.
   """
   if parallel < 1:
     raise ConfigError(f"parallel={parallel!r} must be >= 1.")
   _cpu_only()
-  free = core_groups(parallel) if pin_cores and parallel > 1 else None
-  if pin_cores and parallel > 1 and free is None:
+  queue, running, results, waited = [], [], {}, set()
+  total, done = len(points), 0
+  for point in points:
+    if finished(os.path.join(root, point.name)):
+      done += 1
+      results[point.name] = 0
+      logging.info("[%d/%d] %s: finished before, skipped", done, total, point.name)
+    else:
+      queue.append(point)
+  width = min(parallel, len(queue))
+  free = core_groups(width) if pin_cores and width > 1 else None
+  if pin_cores and width > 1 and free is None:
     logging.warning("parallel=%d: fewer cores than points, or no pinning on this platform; the "
                     "points share the cores", parallel)
-  queue, running, results, waited = list(points), [], {}, set()
-  total, done = len(points), 0
   with _Stop(running) as stop:
     try:
       while queue or running:
         busy = []
         while queue and len(running) < parallel and not stop.requested:
           point = queue.pop(0)
-          cores = free.pop(0) if free is not None else None
+          cores = free.pop(0) if free else None  # none free: only if a point finished meanwhile
           attempt = start(config_path, root, point, cores)
           if not isinstance(attempt, Attempt) and cores is not None:
             free.insert(0, cores)

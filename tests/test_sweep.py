@@ -306,6 +306,23 @@ def test_parallel_points_run_on_cores_of_their_own(tmp_path, monkeypatch, pin):
     assert f", cores {','.join(map(str, cores))}: python" in log
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="pinning needs Linux")
+def test_the_points_left_share_every_core(tmp_path, monkeypatch):
+  """--parallel=8 with 2 of 4 points left: the 2 split all the cores between them."""
+  monkeypatch.setattr(sweep_lib, "command", lambda config, root, point: _PRINT_AFFINITY)
+  points = sweep_lib.load_points(SMOKE_CONFIG, ["smoke"])
+  for point in points[:2]:
+    (tmp_path / point.name).mkdir()
+    (tmp_path / point.name / "summary.json").write_text('{"test_accuracy": 0.5}')
+  results = sweep_lib.run_local(SMOKE_CONFIG, str(tmp_path), points, parallel=8)
+  assert results == {p.name: 0 for p in points}
+  assert not (tmp_path / points[0].name / sweep_lib.LOG_FILE).exists()  # skipped
+  found = _affinities(tmp_path, points[2:])
+  groups = sweep_lib.core_groups(2)
+  expected = [sorted(os.sched_getaffinity(0))] * 2 if groups is None else [list(g) for g in groups]
+  assert found == expected
+
+
 def _fake_run(root: Path, overrides: dict, summary: dict | None):
   """A point's workdir as a launcher and a finished run leave it."""
   name = sweep_lib.point_name(overrides)
