@@ -59,7 +59,7 @@ def launcher(*flags):
   return run
 
 
-CONV4_CONFIG = '''"""Conv-4 on Fashion-MNIST, 4 points of 200 iterations (benchmarks/sweep_overhead.py)."""
+CONV4_CONFIG = '''"""Conv-4 on Fashion-MNIST, 4 points of 200 iterations each."""
 from configs import conv4_fashion
 
 

@@ -31,9 +31,10 @@ Where the launchers meet the workdir:
   the points (:func:`write_report`), built from the workdirs alone.
 
 Launchers (:mod:`experiments.sweep` is their command line): :func:`run_local` (up to
-``parallel`` points at once on this machine, each on its own cores), :func:`run_ray` (one Ray task per point with the
-resources it asks for) and :func:`run_index` (point ``i`` only, for SLURM job arrays and
-Kubernetes indexed jobs). The launcher processes never use an accelerator: only the points do.
+``parallel`` points at once on this machine, each on its own cores), :func:`run_ray` (one Ray
+task per point with the resources it asks for) and :func:`run_index` (point ``i`` only, for SLURM
+job arrays and Kubernetes indexed jobs). The launcher processes never use an accelerator: only
+the points do.
 """
 
 from __future__ import annotations
@@ -536,8 +537,8 @@ def run_local(config_path: str, root: str, points: Sequence[Point], parallel: in
   width = min(parallel, len(queue))
   free = core_groups(width) if pin_cores and width > 1 else None
   if pin_cores and width > 1 and free is None:
-    logging.warning("parallel=%d: fewer cores than points, or no pinning on this platform; the "
-                    "points share the cores", parallel)
+    logging.warning("parallel=%d: fewer cores than points at once, or no pinning on this "
+                    "platform; the points share the cores", parallel)
   with _Stop(running) as stop:
     try:
       while queue or running:
