@@ -98,6 +98,7 @@ def main():
   unknown = sorted(set(ways) - set(WAYS))
   if unknown:
     parser.error(f"unknown ways {unknown}; valid: {', '.join(WAYS)}")
+  directory = None  # of the conv4 workload's config file
   if args.workload == "conv4":
     directory = tempfile.mkdtemp(prefix="sweep_conv4_config_")
     args.config, args.sweep = str(pathlib.Path(directory) / "conv4_seeds.py"), "seeds"
@@ -120,6 +121,8 @@ def main():
   finally:
     if "ray" in ways:
       ray.shutdown()
+    if directory:
+      shutil.rmtree(directory, ignore_errors=True)
   print(f"{len(points)} points of {args.config} --sweep={args.sweep}, {args.rounds} rounds")
   print(f"| way | wall seconds (median) | / {ways[0]} (range over rounds) |")
   print("|---|---|---|")

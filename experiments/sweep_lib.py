@@ -535,10 +535,12 @@ def run_local(config_path: str, root: str, points: Sequence[Point], parallel: in
     else:
       queue.append(point)
   width = min(parallel, len(queue))
-  free = core_groups(width) if pin_cores and width > 1 else None
-  if pin_cores and width > 1 and free is None:
-    logging.warning("parallel=%d: fewer cores than points at once, or no pinning on this "
-                    "platform; the points share the cores", parallel)
+  free = None
+  if pin_cores and width > 1:
+    free = core_groups(width)
+    if free is None:
+      logging.warning("parallel=%d: fewer cores than points at once, or no pinning on this "
+                      "platform; the points share the cores", parallel)
   with _Stop(running) as stop:
     try:
       while queue or running:
