@@ -57,14 +57,22 @@ class Preempted(RuntimeError):
   """SIGTERM arrived (a preemption); a checkpoint was saved and the same command resumes."""
 
 
-_STOP = threading.Event()  # set by SIGTERM; the training loop stops at its next chunk boundary
+class _Stop:
+  """Whether SIGTERM asked for a stop; the training loop stops at its next chunk boundary.
+
+  A plain attribute, set without a lock: a second SIGTERM can arrive while the handler runs, and
+  runs the handler again inside it. ``threading.Event.set`` would then wait forever for the lock
+  that its outer call holds, and the process would hang instead of checkpointing.
+  """
+  requested = False
 
 
 def request_stop(signum=None, frame=None) -> None:
   """Asks the running (or the next) training to checkpoint and raise :class:`Preempted`; the
-  SIGTERM handler (install it with ``signal.signal(signal.SIGTERM, request_stop)``)."""
+  SIGTERM handler (install it with ``signal.signal(signal.SIGTERM, request_stop)``). Reentrant:
+  it takes no lock."""
   del signum, frame
-  _STOP.set()
+  _Stop.requested = True
 
 
 @contextlib.contextmanager
@@ -586,14 +594,14 @@ def train(task: Task, sparsifier: Sparsifier, train_steps: Callable, evaluate: C
                        "%.0f it/s | ETA %s", prefix, step, end, 100 * step / end,
                        row["train_loss"], row["train_accuracy"], test, row["density"],
                        row["steps_per_second"], _format_eta(eta))
-      stop = _STOP.is_set() and step < end
+      stop = _Stop.requested and step < end
       if step % d.checkpoint_every == 0 or step == end or stop:
         for record in records:
           record.wall_seconds = time.time() - start_wall
         saved = [dataclasses.asdict(r) for r in records]
         checkpoints.save(step, state, saved[0] if replicates is None else {"replicates": saved})
       if stop:
-        _STOP.clear()
+        _Stop.requested = False
         raise Preempted(f"{label}stopped by SIGTERM at step {step} of {end}; the checkpoint is "
                         f"saved in {workdir}: run the same command to resume.")
 

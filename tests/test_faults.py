@@ -189,6 +189,58 @@ def test_sigterm_checkpoints_exits_cleanly_and_resumes(tmp_path):
   assert_same_run(clean, preempted)
 
 
+# Signals sent to the process itself from a second thread while the main thread also calls
+# request_stop: the handler then runs inside itself, as with several SIGTERMs in a row.
+SIGTERM_STORM = """
+import os, signal, threading
+from experiments import trainer
+signal.signal(signal.SIGTERM, trainer.request_stop)
+for _ in range(3):
+  sent = threading.Event()
+  def send():
+    for _ in range(20000):
+      os.kill(os.getpid(), signal.SIGTERM)
+    sent.set()
+  threading.Thread(target=send).start()
+  while not sent.is_set():
+    trainer.request_stop()
+print("stop requested:", trainer._Stop.requested)
+"""
+
+
+def test_request_stop_is_reentrant_under_a_storm_of_sigterms():
+  # A handler that takes a lock (threading.Event.set) deadlocks here within a round or two.
+  try:
+    done = subprocess.run([sys.executable, "-c", SIGTERM_STORM], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+  except subprocess.TimeoutExpired:
+    pytest.fail("the SIGTERM handler deadlocked when it ran inside itself")
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert done.stdout.strip() == "stop requested: True"
+
+
+def test_a_burst_of_sigterms_still_checkpoints_and_exits(tmp_path):
+  proc = subprocess.Popen(cli(tmp_path), cwd=REPO, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  try:
+    deadline = time.time() + 240
+    metrics = tmp_path / "metrics.jsonl"
+    while proc.poll() is None and time.time() < deadline:
+      if metrics.exists() and any(r["step"] >= 300 for r in read_metrics(metrics)):
+        break
+      time.sleep(0.01)
+    for _ in range(200):  # e.g. SLURM's signal, then the launcher's death signal, then kill
+      proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  assert proc.returncode == main.PREEMPTED_STATUS, err[-3000:]
+  (line,) = [l for l in err.splitlines() if l.startswith("preempted:")]
+  stopped_at = int(line.split("at step ")[1].split()[0])
+  assert checkpoint_steps(tmp_path / "checkpoints")[-1] == stopped_at
+
+
 def test_a_metrics_row_cut_short_is_dropped_and_redone(reference, tmp_path, monkeypatch):
   with monkeypatch.context() as patch:
     stop_after(patch, 200)
