@@ -4,6 +4,13 @@
   python -m experiments.sweep --config=configs/table_all_conv4_fashion.py --sweep=all \
       --root=runs/table_all_conv4 --parallel=2
 
+That takes about 14 h on 2 CPU cores. On one H200 GPU, 14 points at a time sharing it, the 63
+points (147 trainings) took 310 s::
+
+  XLA_PYTHON_CLIENT_PREALLOCATE=false XLA_PYTHON_CLIENT_MEM_FRACTION=0.06 \
+  python -m experiments.sweep --config=configs/table_all_conv4_fashion.py --sweep=all \
+      --root=runs/table_all_conv4 --parallel=14 --nopin_cores
+
 The methods and their settings are those of ``configs/table_all_lenet300_fashion.py``, on the
 Conv-4 recipe of ``configs/conv4_fashion.py`` (the LTH paper's: Adam, ``lr=3e-4`` constant, batch
 60) shortened as ``benchmarks/pdp_accuracy.py``'s ``--conv4_recipe=short``: the first 12,000
