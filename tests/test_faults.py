@@ -157,29 +157,41 @@ def cli(workdir_path, *extra):
           f"--workdir={workdir_path}", *PREEMPT_OVERRIDES, *extra]
 
 
-def test_sigterm_checkpoints_exits_cleanly_and_resumes(tmp_path):
-  clean, preempted = tmp_path / "clean", tmp_path / "preempted"
-  reference = subprocess.run(cli(clean), cwd=REPO, capture_output=True, text=True, timeout=300)
-  assert reference.returncode == 0, reference.stderr[-3000:]
-  proc = subprocess.Popen(cli(preempted), cwd=REPO, stdout=subprocess.PIPE,
+def sigterm_past_step_300(workdir_path, signals=1) -> tuple[int, str]:
+  """Runs :func:`cli` until its metrics reach step 300, sends SIGTERM ``signals`` times in a row;
+  the exit status and stderr."""
+  proc = subprocess.Popen(cli(workdir_path), cwd=REPO, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
   try:
     deadline = time.time() + 240
-    metrics = preempted / "metrics.jsonl"
+    metrics = workdir_path / "metrics.jsonl"
     while proc.poll() is None and time.time() < deadline:
       if metrics.exists() and any(r["step"] >= 300 for r in read_metrics(metrics)):
         break
       time.sleep(0.01)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
+    for _ in range(signals):
+      proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
   finally:
     if proc.poll() is None:
       proc.kill()
-  assert proc.returncode == main.PREEMPTED_STATUS, err[-3000:]
-  assert "Traceback" not in err
+  return proc.returncode, err
+
+
+def stopped_step(err: str) -> int:
   (line,) = [l for l in err.splitlines() if l.startswith("preempted:")]
   assert "stopped by SIGTERM at step" in line and "run the same command to resume" in line
-  stopped_at = int(line.split("at step ")[1].split()[0])
+  return int(line.split("at step ")[1].split()[0])
+
+
+def test_sigterm_checkpoints_exits_cleanly_and_resumes(tmp_path):
+  clean, preempted = tmp_path / "clean", tmp_path / "preempted"
+  reference = subprocess.run(cli(clean), cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert reference.returncode == 0, reference.stderr[-3000:]
+  returncode, err = sigterm_past_step_300(preempted)
+  assert returncode == main.PREEMPTED_STATUS, err[-3000:]
+  assert "Traceback" not in err
+  stopped_at = stopped_step(err)
   assert 300 <= stopped_at < 3000
   assert checkpoint_steps(preempted / "checkpoints")[-1] == stopped_at  # saved on the way out
   assert not (preempted / "summary.json").exists()
@@ -220,24 +232,10 @@ def test_request_stop_is_reentrant_under_a_storm_of_sigterms():
 
 
 def test_a_burst_of_sigterms_still_checkpoints_and_exits(tmp_path):
-  proc = subprocess.Popen(cli(tmp_path), cwd=REPO, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
-  try:
-    deadline = time.time() + 240
-    metrics = tmp_path / "metrics.jsonl"
-    while proc.poll() is None and time.time() < deadline:
-      if metrics.exists() and any(r["step"] >= 300 for r in read_metrics(metrics)):
-        break
-      time.sleep(0.01)
-    for _ in range(200):  # e.g. SLURM's signal, then the launcher's death signal, then kill
-      proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
-  finally:
-    if proc.poll() is None:
-      proc.kill()
-  assert proc.returncode == main.PREEMPTED_STATUS, err[-3000:]
-  (line,) = [l for l in err.splitlines() if l.startswith("preempted:")]
-  stopped_at = int(line.split("at step ")[1].split()[0])
+  # e.g. SLURM's signal, then the launcher's death signal, then a kill by hand
+  returncode, err = sigterm_past_step_300(tmp_path, signals=200)
+  assert returncode == main.PREEMPTED_STATUS, err[-3000:]
+  stopped_at = stopped_step(err)
   assert checkpoint_steps(tmp_path / "checkpoints")[-1] == stopped_at
 
 
