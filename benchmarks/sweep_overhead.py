@@ -18,8 +18,9 @@ with two at once, its gain on this machine's cores).
 
 ``--workload conv4`` runs instead 4 points where the computation dominates: Conv-4 on
 Fashion-MNIST (batch 60, the training set's first 12,000 images) for 200 iterations each, with
-one evaluation on the 10,000 test images at the end, seeds 0 to 3 (``CONV4_CONFIG`` below). With
-it, the ways compare how a CPU's cores are best shared between points::
+one evaluation on the 10,000 test images at the end, seeds 0 to 3
+(``configs/conv4_sweep_overhead.py``). With it, the ways compare how a CPU's cores are best shared
+between points::
 
   python benchmarks/sweep_overhead.py [--config configs/digits_smoke.py] [--sweep smoke]
       [--rounds 2] [--ways by_hand,local,local_x2,local_x2_shared,ray]
@@ -59,23 +60,6 @@ def launcher(*flags):
   return run
 
 
-CONV4_CONFIG = '''"""Conv-4 on Fashion-MNIST, 4 points of 200 iterations each."""
-from configs import conv4_fashion
-
-
-def get_config():
-  config = conv4_fashion.get_config()
-  config.train_subset = 12000
-  config.steps = "200it"
-  config.eval_every = config.log_every = config.checkpoint_every = "200it"
-  return config
-
-
-def sweep_seeds():
-  return [{"seed": seed} for seed in range(4)]
-'''
-
-
 WAYS = {
     "by_hand": by_hand,
     "local": launcher(),
@@ -92,17 +76,17 @@ def main():
   parser.add_argument("--rounds", type=int, default=2)
   parser.add_argument("--ways", default=",".join(WAYS))
   parser.add_argument("--workload", choices=("config", "conv4"), default="config",
-                      help="conv4: the 4 Conv-4 points of CONV4_CONFIG instead of --config")
+                      help="conv4: the 4 Conv-4 points of configs/conv4_sweep_overhead.py "
+                      "instead of --config")
   args = parser.parse_args()
   ways = [w for w in args.ways.split(",") if w]
   unknown = sorted(set(ways) - set(WAYS))
   if unknown:
     parser.error(f"unknown ways {unknown}; valid: {', '.join(WAYS)}")
-  directory = None  # of the conv4 workload's config file
+  if args.rounds < 1:
+    parser.error(f"--rounds={args.rounds}: at least 1 round is needed for a wall time")
   if args.workload == "conv4":
-    directory = tempfile.mkdtemp(prefix="sweep_conv4_config_")
-    args.config, args.sweep = str(pathlib.Path(directory) / "conv4_seeds.py"), "seeds"
-    pathlib.Path(args.config).write_text(CONV4_CONFIG)
+    args.config, args.sweep = str(REPO / "configs" / "conv4_sweep_overhead.py"), "seeds"
   address = ""
   if "ray" in ways:
     import ray  # the sweep extra: pip install 'sparsejax[sweep]'
@@ -121,8 +105,6 @@ def main():
   finally:
     if "ray" in ways:
       ray.shutdown()
-    if directory:
-      shutil.rmtree(directory, ignore_errors=True)
   print(f"{len(points)} points of {args.config} --sweep={args.sweep}, {args.rounds} rounds")
   print(f"| way | wall seconds (median) | / {ways[0]} (range over rounds) |")
   print("|---|---|---|")

@@ -547,7 +547,7 @@ def run_local(config_path: str, root: str, points: Sequence[Point], parallel: in
         busy = []
         while queue and len(running) < parallel and not stop.requested:
           point = queue.pop(0)
-          cores = free.pop(0) if free else None  # none free: only if a point finished meanwhile
+          cores = free.pop(0) if free is not None else None  # a group per running point
           attempt = start(config_path, root, point, cores)
           if not isinstance(attempt, Attempt) and cores is not None:
             free.insert(0, cores)
